@@ -1,0 +1,231 @@
+"""Transformer building blocks with logical axis names on every parameter.
+
+Dimension letters: B batch, T query length, S key length, D model dim, N heads, K kv heads,
+H head dim, F mlp dim, V vocab. Parameter names follow Hugging Face's GPT-2 / Llama layout one module
+to one tensor (q/k/v/o, gate/up/down), so checkpoint conversion is a reshape, never a re-derivation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The resolved model hyper-parameters (see `llmos_jax.config.resolved_model`)."""
+
+    family: str
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    d_ff: int
+    max_len: int
+    position: str  # learned | rope | sinusoidal
+    norm: str  # layernorm | rmsnorm
+    mlp: str  # gelu | swiglu
+    use_bias: bool
+    tie_embeddings: bool
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    dropout_rate: float = 0.0
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    remat: str = "none"
+    scan_layers: bool = True
+    attention_impl: str = "auto"
+    causal: bool = True
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    @property
+    def compute_dtype(self):
+        return DTYPES[self.dtype]
+
+    @property
+    def weight_dtype(self):
+        return DTYPES[self.param_dtype]
+
+
+def _init(std: float):
+    return nn.initializers.normal(stddev=std)
+
+
+class Einsum(nn.Module):
+    """A kernel of `shape` contracted with the input by `equation`; optional bias of `bias_shape`."""
+
+    shape: tuple[int, ...]
+    axes: tuple[str, ...]
+    equation: str
+    std: float = 0.02
+    bias_shape: tuple[int, ...] | None = None
+    bias_axes: tuple[str, ...] | None = None
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param(
+            "kernel", nn.with_logical_partitioning(_init(self.std), self.axes), self.shape,
+            self.param_dtype,
+        )
+        y = jnp.einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype))
+        if self.bias_shape is not None:
+            bias = self.param(
+                "bias", nn.with_logical_partitioning(nn.initializers.zeros, self.bias_axes),
+                self.bias_shape, self.param_dtype,
+            )
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+class Norm(nn.Module):
+    """RMSNorm (llama) or LayerNorm (gpt2), computed in float32 for stability under bf16."""
+
+    kind: str
+    eps: float = 1e-5
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        d = x.shape[-1]
+        xf = x.astype(jnp.float32)
+        scale = self.param(
+            "scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)), (d,),
+            self.param_dtype,
+        )
+        if self.kind == "rmsnorm":
+            y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+            return (y * scale.astype(jnp.float32)).astype(self.dtype)
+        bias = self.param(
+            "bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)), (d,),
+            self.param_dtype,
+        )
+        mean = jnp.mean(xf, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(xf - mean), axis=-1, keepdims=True)
+        y = (xf - mean) * jax.lax.rsqrt(var + self.eps)
+        return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(self.dtype)
+
+
+def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+    """Rotary embedding, rotate-half convention (Hugging Face Llama), so q/k weights map 1:1.
+
+    x: [B, T, N, H]; positions: [B, T].
+    """
+    h = x.shape[-1]
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))  # [H/2]
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, H/2]
+    angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]  # [B, T, 1, H]
+    xf = x.astype(jnp.float32)
+    x1, x2 = jnp.split(xf, 2, axis=-1)
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    return (xf * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)
+
+
+def sinusoidal(positions: jax.Array, d: int) -> jax.Array:
+    """The fixed sin/cos table of Vaswani et al.: [B, T] -> [B, T, D]."""
+    half = d // 2
+    inv = 1.0 / (10000.0 ** (jnp.arange(half, dtype=jnp.float32) / half))
+    angles = positions.astype(jnp.float32)[..., None] * inv
+    out = jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+    return jnp.pad(out, [(0, 0), (0, 0), (0, d - 2 * half)])
+
+
+class Attention(nn.Module):
+    """Multi-head / grouped-query attention, optionally reading and writing a KV cache.
+
+    With a cache (k, v: [B, S, K, H]) the new keys and values are written at `cache_index` and the
+    queries attend over the whole cache; `mask` [B, 1, T, S] says which slots each query may see.
+    """
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, positions, mask, cache=None, cache_index=None, deterministic=True):
+        c = self.cfg
+        d, n, k, h = c.d_model, c.n_heads, c.n_kv_heads, c.head_dim
+        kw = dict(dtype=c.compute_dtype, param_dtype=c.weight_dtype)
+        bias = c.use_bias
+        q = Einsum((d, n, h), ("embed", "heads", "head_dim"), "BTD,DNH->BTNH", name="query",
+                   bias_shape=(n, h) if bias else None, bias_axes=("heads", "head_dim"), **kw)(x)
+        key = Einsum((d, k, h), ("embed", "kv_heads", "head_dim"), "BTD,DKH->BTKH", name="key",
+                     bias_shape=(k, h) if bias else None, bias_axes=("kv_heads", "head_dim"),
+                     **kw)(x)
+        v = Einsum((d, k, h), ("embed", "kv_heads", "head_dim"), "BTD,DKH->BTKH", name="value",
+                   bias_shape=(k, h) if bias else None, bias_axes=("kv_heads", "head_dim"), **kw)(x)
+        if c.position == "rope":
+            q = rope(q, positions, c.rope_theta)
+            key = rope(key, positions, c.rope_theta)
+        new_cache = None
+        if cache is not None:
+            ck, cv = cache
+            ck = jax.lax.dynamic_update_slice_in_dim(ck, key.astype(ck.dtype), cache_index, 1)
+            cv = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), cache_index, 1)
+            new_cache = (ck, cv)
+            key, v = ck.astype(q.dtype), cv.astype(q.dtype)
+        impl = None if c.attention_impl == "auto" else c.attention_impl
+        # jax.nn.dot_product_attention broadcasts K kv heads over N query heads (GQA) and picks the
+        # cuDNN flash kernel on GPU when the shapes allow it.
+        out = jax.nn.dot_product_attention(q, key, v, mask=mask, implementation=impl)
+        out = Einsum((n, h, d), ("heads", "head_dim", "embed"), "BTNH,NHD->BTD", name="out",
+                     std=0.02 / (2 * c.n_layers) ** 0.5, bias_shape=(d,) if bias else None,
+                     bias_axes=("embed",), **kw)(out)
+        out = nn.Dropout(c.dropout_rate)(out, deterministic=deterministic)
+        return out, new_cache
+
+
+class Mlp(nn.Module):
+    """SwiGLU (llama: gate, up, down) or GELU (gpt2: up, down with biases)."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, deterministic=True):
+        c = self.cfg
+        kw = dict(dtype=c.compute_dtype, param_dtype=c.weight_dtype)
+        d, f = c.d_model, c.d_ff
+        bias = dict(bias_shape=(f,), bias_axes=("mlp",)) if c.use_bias else {}
+        out_bias = dict(bias_shape=(d,), bias_axes=("embed",)) if c.use_bias else {}
+        up = Einsum((d, f), ("embed", "mlp"), "BTD,DF->BTF", name="up", **bias, **kw)(x)
+        if c.mlp == "swiglu":
+            gate = Einsum((d, f), ("embed", "mlp"), "BTD,DF->BTF", name="gate", **bias, **kw)(x)
+            hidden = nn.silu(gate) * up
+        else:
+            hidden = nn.gelu(up, approximate=True)  # GPT-2 uses the tanh approximation.
+        out = Einsum((f, d), ("mlp", "embed"), "BTF,FD->BTD", name="down",
+                     std=0.02 / (2 * c.n_layers) ** 0.5, **out_bias, **kw)(hidden)
+        return nn.Dropout(c.dropout_rate)(out, deterministic=deterministic)
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    cfg: ModelConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x, positions, mask, cache=None, cache_index=None):
+        c = self.cfg
+        deterministic = self.deterministic
+        norm = dict(kind=c.norm, eps=c.norm_eps, dtype=c.compute_dtype, param_dtype=c.weight_dtype)
+        x = nn.with_logical_constraint(x, ("activation_batch", "activation_length",
+                                           "activation_embed"))
+        h, new_cache = Attention(c, name="attn")(
+            Norm(**norm, name="attn_norm")(x), positions, mask, cache, cache_index, deterministic
+        )
+        x = x + h
+        x = x + Mlp(c, name="mlp")(Norm(**norm, name="mlp_norm")(x), deterministic)
+        return x, new_cache
