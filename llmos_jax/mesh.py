@@ -34,8 +34,9 @@ def make_mesh(config, devices=None) -> Mesh:
 
 def axis_rules(config) -> tuple:
     """The logical -> mesh axis rules as a tuple of (logical, mesh-axes) pairs."""
-    return tuple((name, tuple(m) if isinstance(m, list) else m) for name, m in
-                 config.mesh.axis_rules)
+    return tuple(
+        (name, tuple(m) if isinstance(m, list) else m) for name, m in config.mesh.axis_rules
+    )
 
 
 @contextlib.contextmanager
@@ -53,5 +54,6 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 def host_to_global(batch: dict, mesh: Mesh) -> dict:
     """Turns this host's slice of the global batch into global arrays sharded over the mesh."""
     sharding = batch_sharding(mesh)
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-            for k, v in batch.items()}
+    return {
+        k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()
+    }

@@ -49,8 +49,8 @@ def group_passages(paragraphs: Sequence[str], min_chars: int = MIN_PASSAGE_CHARS
     current: list[str] = []
     size = 0
     for paragraph in paragraphs:
+        size += len(paragraph) + (2 if current else 0)  # The length once joined by "\n\n".
         current.append(paragraph)
-        size += len(paragraph) + 2
         if size >= min_chars:
             passages.append("\n\n".join(current))
             current, size = [], 0
@@ -63,7 +63,7 @@ def group_passages(paragraphs: Sequence[str], min_chars: int = MIN_PASSAGE_CHARS
 
 
 def pydoc_documents() -> list[Document]:
-    """Passages of `pydoc_data.topics`, topics in sorted order (the dict order is not a contract)."""
+    """Passages of `pydoc_data.topics`, topics in sorted order (dict order is no contract)."""
     from pydoc_data.topics import topics
 
     return [

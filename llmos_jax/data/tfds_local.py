@@ -93,8 +93,9 @@ def build_local_tfds(
         {"skip_registration": True},
         lambda ns: ns.update(name=name, __module__=__name__),
     )
-    builder = cls(paths=paths, text_key=text_key, data_dir=os.fspath(data_dir),
-                  file_format="array_record")
+    builder = cls(
+        paths=paths, text_key=text_key, data_dir=os.fspath(data_dir), file_format="array_record"
+    )
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(try_download_gcs=False)
     )

@@ -157,7 +157,10 @@ def train_tokenizer(
         log.warning(
             "tokenizer: vocab_size=%d < %d (4 specials + %d symbols + %d characters + 256 bytes): "
             "byte_fallback off, unseen characters will map to <unk>",
-            vocab_size, needed, len(user_defined_symbols), len(chars),
+            vocab_size,
+            needed,
+            len(user_defined_symbols),
+            len(chars),
         )
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
@@ -183,6 +186,7 @@ def train_tokenizer(
     if tokenizer.vocab_size < vocab_size:
         log.warning(
             "tokenizer: the corpus supports only %d of the %d pieces asked for",
-            tokenizer.vocab_size, vocab_size,
+            tokenizer.vocab_size,
+            vocab_size,
         )
     return tokenizer

@@ -78,14 +78,18 @@ class Einsum(nn.Module):
     @nn.compact
     def __call__(self, x):
         kernel = self.param(
-            "kernel", nn.with_logical_partitioning(_init(self.std), self.axes), self.shape,
+            "kernel",
+            nn.with_logical_partitioning(_init(self.std), self.axes),
+            self.shape,
             self.param_dtype,
         )
         y = jnp.einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype))
         if self.bias_shape is not None:
             bias = self.param(
-                "bias", nn.with_logical_partitioning(nn.initializers.zeros, self.bias_axes),
-                self.bias_shape, self.param_dtype,
+                "bias",
+                nn.with_logical_partitioning(nn.initializers.zeros, self.bias_axes),
+                self.bias_shape,
+                self.param_dtype,
             )
             y = y + bias.astype(self.dtype)
         return y
@@ -104,14 +108,18 @@ class Norm(nn.Module):
         d = x.shape[-1]
         xf = x.astype(jnp.float32)
         scale = self.param(
-            "scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)), (d,),
+            "scale",
+            nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+            (d,),
             self.param_dtype,
         )
         if self.kind == "rmsnorm":
             y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
             return (y * scale.astype(jnp.float32)).astype(self.dtype)
         bias = self.param(
-            "bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)), (d,),
+            "bias",
+            nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+            (d,),
             self.param_dtype,
         )
         mean = jnp.mean(xf, axis=-1, keepdims=True)
@@ -159,13 +167,33 @@ class Attention(nn.Module):
         d, n, k, h = c.d_model, c.n_heads, c.n_kv_heads, c.head_dim
         kw = dict(dtype=c.compute_dtype, param_dtype=c.weight_dtype)
         bias = c.use_bias
-        q = Einsum((d, n, h), ("embed", "heads", "head_dim"), "BTD,DNH->BTNH", name="query",
-                   bias_shape=(n, h) if bias else None, bias_axes=("heads", "head_dim"), **kw)(x)
-        key = Einsum((d, k, h), ("embed", "kv_heads", "head_dim"), "BTD,DKH->BTKH", name="key",
-                     bias_shape=(k, h) if bias else None, bias_axes=("kv_heads", "head_dim"),
-                     **kw)(x)
-        v = Einsum((d, k, h), ("embed", "kv_heads", "head_dim"), "BTD,DKH->BTKH", name="value",
-                   bias_shape=(k, h) if bias else None, bias_axes=("kv_heads", "head_dim"), **kw)(x)
+        q = Einsum(
+            (d, n, h),
+            ("embed", "heads", "head_dim"),
+            "BTD,DNH->BTNH",
+            name="query",
+            bias_shape=(n, h) if bias else None,
+            bias_axes=("heads", "head_dim"),
+            **kw,
+        )(x)
+        key = Einsum(
+            (d, k, h),
+            ("embed", "kv_heads", "head_dim"),
+            "BTD,DKH->BTKH",
+            name="key",
+            bias_shape=(k, h) if bias else None,
+            bias_axes=("kv_heads", "head_dim"),
+            **kw,
+        )(x)
+        v = Einsum(
+            (d, k, h),
+            ("embed", "kv_heads", "head_dim"),
+            "BTD,DKH->BTKH",
+            name="value",
+            bias_shape=(k, h) if bias else None,
+            bias_axes=("kv_heads", "head_dim"),
+            **kw,
+        )(x)
         if c.position == "rope":
             q = rope(q, positions, c.rope_theta)
             key = rope(key, positions, c.rope_theta)
@@ -180,9 +208,16 @@ class Attention(nn.Module):
         # jax.nn.dot_product_attention broadcasts K kv heads over N query heads (GQA) and picks the
         # cuDNN flash kernel on GPU when the shapes allow it.
         out = jax.nn.dot_product_attention(q, key, v, mask=mask, implementation=impl)
-        out = Einsum((n, h, d), ("heads", "head_dim", "embed"), "BTNH,NHD->BTD", name="out",
-                     std=0.02 / (2 * c.n_layers) ** 0.5, bias_shape=(d,) if bias else None,
-                     bias_axes=("embed",), **kw)(out)
+        out = Einsum(
+            (n, h, d),
+            ("heads", "head_dim", "embed"),
+            "BTNH,NHD->BTD",
+            name="out",
+            std=0.02 / (2 * c.n_layers) ** 0.5,
+            bias_shape=(d,) if bias else None,
+            bias_axes=("embed",),
+            **kw,
+        )(out)
         out = nn.Dropout(c.dropout_rate)(out, deterministic=deterministic)
         return out, new_cache
 
@@ -205,8 +240,15 @@ class Mlp(nn.Module):
             hidden = nn.silu(gate) * up
         else:
             hidden = nn.gelu(up, approximate=True)  # GPT-2 uses the tanh approximation.
-        out = Einsum((f, d), ("mlp", "embed"), "BTF,FD->BTD", name="down",
-                     std=0.02 / (2 * c.n_layers) ** 0.5, **out_bias, **kw)(hidden)
+        out = Einsum(
+            (f, d),
+            ("mlp", "embed"),
+            "BTF,FD->BTD",
+            name="down",
+            std=0.02 / (2 * c.n_layers) ** 0.5,
+            **out_bias,
+            **kw,
+        )(hidden)
         return nn.Dropout(c.dropout_rate)(out, deterministic=deterministic)
 
 
@@ -221,8 +263,9 @@ class Block(nn.Module):
         c = self.cfg
         deterministic = self.deterministic
         norm = dict(kind=c.norm, eps=c.norm_eps, dtype=c.compute_dtype, param_dtype=c.weight_dtype)
-        x = nn.with_logical_constraint(x, ("activation_batch", "activation_length",
-                                           "activation_embed"))
+        x = nn.with_logical_constraint(
+            x, ("activation_batch", "activation_length", "activation_embed")
+        )
         h, new_cache = Attention(c, name="attn")(
             Norm(**norm, name="attn_norm")(x), positions, mask, cache, cache_index, deterministic
         )

@@ -62,18 +62,26 @@ class Decoder(nn.Module):
     def __call__(self, tokens, positions, mask, cache=None, cache_index=None, return_hidden=False):
         c = self.cfg
         embed = nn.Embed(
-            c.vocab_size, c.d_model,
+            c.vocab_size,
+            c.d_model,
             embedding_init=nn.with_logical_partitioning(
-                nn.initializers.normal(0.02), ("vocab", "embed")),
-            dtype=c.compute_dtype, param_dtype=c.weight_dtype, name="embed",
+                nn.initializers.normal(0.02), ("vocab", "embed")
+            ),
+            dtype=c.compute_dtype,
+            param_dtype=c.weight_dtype,
+            name="embed",
         )
         x = embed(tokens)
         if c.position == "learned":
             x = x + nn.Embed(
-                c.max_len, c.d_model,
+                c.max_len,
+                c.d_model,
                 embedding_init=nn.with_logical_partitioning(
-                    nn.initializers.normal(0.01), ("length", "embed")),
-                dtype=c.compute_dtype, param_dtype=c.weight_dtype, name="pos_embed",
+                    nn.initializers.normal(0.01), ("length", "embed")
+                ),
+                dtype=c.compute_dtype,
+                param_dtype=c.weight_dtype,
+                name="pos_embed",
             )(positions)
         elif c.position == "sinusoidal":
             x = x + sinusoidal(positions, c.d_model).astype(x.dtype)
@@ -90,29 +98,42 @@ class Decoder(nn.Module):
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
             x, new_cache = stack(c, self.deterministic, name="layers")(
-                x, positions, mask, cache, cache_index)
+                x, positions, mask, cache, cache_index
+            )
         else:
             caches = []
             for i in range(c.n_layers):
                 layer_cache = None if cache is None else (cache[0][i], cache[1][i])
                 x, lc = block(c, self.deterministic, name=f"layers_{i}")(
-                    x, positions, mask, layer_cache, cache_index)
+                    x, positions, mask, layer_cache, cache_index
+                )
                 caches.append(lc)
-            new_cache = None if cache is None else tuple(
-                jnp.stack([lc[j] for lc in caches]) for j in range(2))
+            new_cache = (
+                None
+                if cache is None
+                else tuple(jnp.stack([lc[j] for lc in caches]) for j in range(2))
+            )
 
         x = Norm(c.norm, c.norm_eps, c.compute_dtype, c.weight_dtype, name="final_norm")(x)
-        x = nn.with_logical_constraint(x, ("activation_batch", "activation_length",
-                                           "activation_embed"))
+        x = nn.with_logical_constraint(
+            x, ("activation_batch", "activation_length", "activation_embed")
+        )
         if return_hidden:
             return x, new_cache
         if c.tie_embeddings:
             logits = embed.attend(x)
         else:
-            logits = Einsum((c.d_model, c.vocab_size), ("embed", "vocab"), "BTD,DV->BTV",
-                            dtype=c.compute_dtype, param_dtype=c.weight_dtype, name="lm_head")(x)
-        logits = nn.with_logical_constraint(logits, ("activation_batch", "activation_length",
-                                                     "activation_vocab"))
+            logits = Einsum(
+                (c.d_model, c.vocab_size),
+                ("embed", "vocab"),
+                "BTD,DV->BTV",
+                dtype=c.compute_dtype,
+                param_dtype=c.weight_dtype,
+                name="lm_head",
+            )(x)
+        logits = nn.with_logical_constraint(
+            logits, ("activation_batch", "activation_length", "activation_vocab")
+        )
         return logits, new_cache
 
 

@@ -27,12 +27,17 @@ def boxed_init_fn(model, tx: optax.GradientTransformation, seq_len: int, frozen=
 
     def init(rng):
         params_rng, dropout_rng, state_rng = jax.random.split(rng, 3)
-        variables = model.init({"params": params_rng, "dropout": dropout_rng},
-                               *_dummy_inputs(seq_len))
+        variables = model.init(
+            {"params": params_rng, "dropout": dropout_rng}, *_dummy_inputs(seq_len)
+        )
         params = variables["params"]
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          opt_state=tx.init(params), rng=state_rng,
-                          frozen=frozen if frozen is not None else {})
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=tx.init(params),
+            rng=state_rng,
+            frozen=frozen if frozen is not None else {},
+        )
 
     return init
 
@@ -59,6 +64,7 @@ def abstract_train_state(model, tx, mesh, rules, seq_len: int, seed: int):
     """ShapeDtypeStructs carrying the target shardings: what a checkpoint restores into."""
     rng = jax.random.PRNGKey(seed)
     abstract, shardings = state_shardings(boxed_init_fn(model, tx, seq_len), mesh, rules, rng)
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          abstract, shardings)
+    target = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+    )
     return target, shardings

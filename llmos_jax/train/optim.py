@@ -46,8 +46,11 @@ def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule
     parts = []
     if o.clip_norm > 0:
         parts.append(optax.clip_by_global_norm(float(o.clip_norm)))
-    parts.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps,
-                             weight_decay=o.weight_decay, mask=decay_mask))
+    parts.append(
+        optax.adamw(
+            schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mask=decay_mask
+        )
+    )
     # The loop enforces the limit itself (with a clear message), so let apply_if_finite never give
     # up and apply a non-finite update.
     tx = optax.apply_if_finite(optax.chain(*parts), max_consecutive_errors=2**30)

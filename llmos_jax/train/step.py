@@ -22,8 +22,9 @@ def _split_microbatches(batch: dict, num: int) -> dict:
     Rows are sharded in contiguous blocks over devices; striding keeps every micro-batch spread
     over all devices (no resharding) as long as each device's block divides by A.
     """
-    return jax.tree.map(lambda x: x.reshape(x.shape[0] // num, num, *x.shape[1:]).swapaxes(0, 1),
-                        batch)
+    return jax.tree.map(
+        lambda x: x.reshape(x.shape[0] // num, num, *x.shape[1:]).swapaxes(0, 1), batch
+    )
 
 
 def _grads(loss_fn, params, batch, rng, frozen, accum_steps: int):
@@ -63,8 +64,12 @@ def _nonfinite_streak(opt_state) -> jax.Array:
     return jnp.asarray(opt_state.notfinite_count, jnp.int32)
 
 
-def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule, accum_steps: int = 1):
+def make_train_step(
+    loss_fn: Callable,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    accum_steps: int = 1,
+):
     """The pure step: (state, batch) -> (state, metrics). Metric keys are `train/...`."""
 
     def step(state: TrainState, batch: dict):
@@ -73,14 +78,16 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation,
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         out = {f"train/{k}" if k != "loss" else "train/xent": v for k, v in metrics.items()}
-        out.update({
-            "train/loss": loss,
-            "train/grad_norm": optax.global_norm(grads),
-            "train/update_norm": optax.global_norm(updates),
-            "train/param_norm": optax.global_norm(params),
-            "train/lr": schedule(state.step),
-            "train/nonfinite_streak": _nonfinite_streak(opt_state),
-        })
+        out.update(
+            {
+                "train/loss": loss,
+                "train/grad_norm": optax.global_norm(grads),
+                "train/update_norm": optax.global_norm(updates),
+                "train/param_norm": optax.global_norm(params),
+                "train/lr": schedule(state.step),
+                "train/nonfinite_streak": _nonfinite_streak(opt_state),
+            }
+        )
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
         return new_state, out
 
@@ -89,8 +96,12 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation,
 
 def jit_train_step(step_fn, state_shardings, mesh, rules):
     """jax.jit with explicit shardings and the state donated (updated in place on device)."""
-    jitted = jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding(mesh)),
-                     out_shardings=(state_shardings, None), donate_argnums=0)
+    jitted = jax.jit(
+        step_fn,
+        in_shardings=(state_shardings, batch_sharding(mesh)),
+        out_shardings=(state_shardings, None),
+        donate_argnums=0,
+    )
 
     def run(state, batch):
         with sharding_context(mesh, rules):

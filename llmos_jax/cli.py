@@ -1,0 +1,162 @@
+"""`llmos` command line: train, eval, generate, demo.
+
+llmos train --config configs/clm/tiny.py[:ARG] [--config.train.steps=100 ...] --workdir DIR
+llmos eval --workdir DIR
+llmos generate --workdir DIR --prompt "The for statement" [--prompt ...] [--temperature 0]
+llmos demo [--workdir runs/demo]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+DEMO_PROMPTS = ("The for statement", "Exceptions are raised", "A class definition")
+
+
+def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Separates `--config.a.b=value` / `--config.a.b value` overrides from the other arguments."""
+    rest, overrides, i = [], [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--config."):
+            body = arg[len("--config.") :]
+            if "=" not in body:
+                if i + 1 >= len(argv):
+                    raise SystemExit(f"error: {arg} needs a value")
+                body, i = f"{body}={argv[i + 1]}", i + 1
+            overrides.append(body)
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, overrides
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="llmos", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train (or resume) an experiment")
+    t.add_argument("--config", required=True, help="configs/FILE.py[:ARG]")
+    t.add_argument("--workdir", required=True, help="run directory (local path or gs://)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e = sub.add_parser("eval", help="held-out perplexity of a run's latest checkpoint")
+    e.add_argument("--workdir", required=True)
+    g = sub.add_parser("generate", help="sample continuations from a run's latest checkpoint")
+    g.add_argument("--workdir", required=True)
+    g.add_argument("--prompt", action="append", required=True, help="repeat for a batch")
+    g.add_argument("--max-new-tokens", type=int, default=None)
+    g.add_argument("--temperature", type=float, default=None, help="0 = greedy")
+    g.add_argument("--top-k", type=int, default=None, help="0 = off")
+    g.add_argument("--top-p", type=float, default=None, help="1 = off")
+    g.add_argument("--seed", type=int, default=0)
+    d = sub.add_parser("demo", help="train the tiny CLM on Python's docs, evaluate, sample")
+    d.add_argument("--workdir", default="runs/demo")
+    d.add_argument("--config", default=None, help="defaults to configs/clm/tiny.py")
+    return p
+
+
+def _sample(run, prompts, args) -> list[str]:
+    import jax
+
+    from llmos_jax.sampling import SampleOptions, generate
+
+    s = run.config.sample
+    opts = SampleOptions(
+        max_new_tokens=args.max_new_tokens if args.max_new_tokens is not None else s.max_new_tokens,
+        temperature=args.temperature if args.temperature is not None else s.temperature,
+        top_k=args.top_k if args.top_k is not None else s.top_k,
+        top_p=args.top_p if args.top_p is not None else s.top_p,
+    )
+    tok = run.tokenizer
+    ids = [[tok.bos_id] + tok.encode(p) for p in prompts]
+    outs = generate(
+        run.experiment.eval_model,
+        run.params,
+        ids,
+        eos_id=tok.eos_id,
+        rng=jax.random.PRNGKey(args.seed),
+        options=opts,
+    )
+    return [tok.decode(o) for o in outs]
+
+
+def _eval_run(run) -> dict:
+    from llmos_jax.data import build_data, eval_batches, unigram_perplexity
+    from llmos_jax.train.loop import evaluate
+
+    c = run.config
+    data = build_data(c, run.workdir)  # reuses the run's own tokenizer.model
+    batches = eval_batches(data.eval, c.train.global_batch_size, 0, 1, c.train.eval_batches)
+    out = evaluate(run.experiment, run.params, {}, batches)
+    out["eval/unigram_perplexity"] = unigram_perplexity(data.train, data.eval, c.model.vocab_size)
+    out["step"] = run.step
+    return out
+
+
+def _print_eval(res: dict) -> None:
+    ratio = res["eval/unigram_perplexity"] / res["eval/perplexity"]
+    print(
+        f"step {res['step']}: held-out loss {res['eval/loss']:.4f}, "
+        f"perplexity {res['eval/perplexity']:.2f} vs unigram baseline "
+        f"{res['eval/unigram_perplexity']:.2f} ({ratio:.1f}x lower) over "
+        f"{int(res['eval/tokens'])} tokens"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    rest, overrides = _split_overrides(argv)
+    args = _parser().parse_args(rest)
+    from llmos_jax.config import ConfigError, load_config
+
+    try:
+        if args.command in ("train", "demo"):
+            from llmos_jax.train.loop import train
+
+            spec = args.config or "configs/clm/tiny.py"
+            config = load_config(spec, overrides)
+            final = train(
+                config, args.workdir, show_progress=not getattr(args, "no_progress", False)
+            )
+            if args.command == "train":
+                print({k: round(v, 4) for k, v in final.items() if k.startswith("eval/")})
+                return 0
+            from llmos_jax.runs import load_run
+
+            run = load_run(args.workdir)
+            _print_eval(_eval_run(run))
+            args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed = (
+                48,
+                0.7,
+                40,
+                0.95,
+                0,
+            )
+            for prompt, text in zip(DEMO_PROMPTS, _sample(run, list(DEMO_PROMPTS), args)):
+                print(f"\n--- {prompt!r} ->\n{prompt}{text}")
+            print(
+                f"\nRun directory: {args.workdir} (config.json, tokenizer.model, metrics.jsonl, "
+                f"checkpoints/). Try: llmos generate --workdir {args.workdir} --prompt '...'"
+            )
+            return 0
+        from llmos_jax.runs import load_run
+
+        run = load_run(args.workdir, overrides)
+        if args.command == "eval":
+            _print_eval(_eval_run(run))
+        elif args.command == "generate":
+            for prompt, text in zip(args.prompt, _sample(run, args.prompt, args)):
+                print(f"{prompt}{text}")
+        return 0
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

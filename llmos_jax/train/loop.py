@@ -1,0 +1,188 @@
+"""The train loop: config -> data -> sharded state -> steps -> eval / checkpoints / metrics.
+
+Reading `train()` top to bottom shows all the control flow of a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import jax
+import numpy as np
+from etils import epath
+
+from llmos_jax import checkpoint, objectives, perf
+from llmos_jax.config import resolved_model, to_json, validate
+from llmos_jax.mesh import axis_rules, host_to_global, make_mesh
+from llmos_jax.metrics import MetricsLogger
+from llmos_jax.models import build_model
+from llmos_jax.train.init import abstract_train_state, init_train_state
+from llmos_jax.train.optim import make_optimizer
+from llmos_jax.train.step import jit_train_step, make_eval_step, make_train_step
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive updates had a non-finite loss or gradient."""
+
+
+@dataclasses.dataclass
+class Experiment:
+    """Everything built from a config that train, eval and generate share."""
+
+    config: object
+    mesh: object
+    rules: tuple
+    model: object  # dropout on (training)
+    eval_model: object  # deterministic
+    tx: object
+    schedule: object
+    abstract_state: object  # ShapeDtypeStructs with shardings: what checkpoints restore into
+    shardings: object
+
+    @property
+    def param_shardings(self):
+        return self.shardings.params
+
+
+def build_experiment(config) -> Experiment:
+    """Validates the config (before anything compiles) and builds mesh, model and optimizer."""
+    validate(config, jax.device_count(), jax.process_count())
+    mesh = make_mesh(config)
+    rules = axis_rules(config)
+    model = build_model(config, deterministic=False)
+    eval_model = build_model(config, deterministic=True)
+    tx, schedule = make_optimizer(config)
+    abstract, shardings = abstract_train_state(
+        eval_model, tx, mesh, rules, config.data.seq_len, config.seed
+    )
+    return Experiment(config, mesh, rules, model, eval_model, tx, schedule, abstract, shardings)
+
+
+def evaluate(exp: Experiment, params, frozen, batches, eval_step=None) -> dict[str, float]:
+    """Held-out loss and perplexity over all `batches` (token-weighted, exact)."""
+    if eval_step is None:
+        loss_fn = objectives.get(exp.config.objective.name)(exp.config, exp.eval_model)
+        eval_step = make_eval_step(loss_fn, exp.param_shardings, exp.mesh, exp.rules)
+    total, count = 0.0, 0.0
+    for batch in batches:
+        s, n = eval_step(params, frozen, host_to_global(batch, exp.mesh))
+        total, count = total + float(s), count + float(n)
+    loss = total / max(count, 1.0)
+    return {"eval/loss": loss, "eval/perplexity": math.exp(min(loss, 50.0)), "eval/tokens": count}
+
+
+def _must_block_each_step() -> bool:
+    # jax <= 0.10.2 on the CPU backend with several devices hangs when many steps containing
+    # collectives are queued (see docs/environment.md); blocking is cheap there. Never on GPU/TPU.
+    return jax.default_backend() == "cpu" and jax.device_count() > 1
+
+
+def _write_run_files(workdir: str, config) -> None:
+    if jax.process_index() != 0:
+        return
+    path = epath.Path(workdir)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(to_json(config))
+
+
+def _summarise(window: list[dict]) -> dict[str, float]:
+    """Means of the per-step metrics since the last log (lr and counters: the last value)."""
+    host = jax.device_get(window)
+    out = {}
+    for key in host[-1]:
+        values = np.asarray([m[key] for m in host], dtype=np.float64)
+        last_only = key in ("train/lr", "train/nonfinite_streak")
+        out[key] = float(values[-1] if last_only else values.mean())
+    out["train/nonfinite_streak_max"] = float(max(m["train/nonfinite_streak"] for m in host))
+    return out
+
+
+def train(config, workdir: str, *, show_progress: bool = True, data=None) -> dict[str, float]:
+    """Trains `config` into `workdir`, resuming from its latest checkpoint. Returns final metrics."""
+    from llmos_jax.data import TrainBatches, build_data, eval_batches
+
+    exp = build_experiment(config)
+    c = config
+    _write_run_files(workdir, c)
+    data = data or build_data(c, workdir)
+    loss_fn = objectives.get(c.objective.name)(c, exp.model)
+    eval_loss_fn = objectives.get(c.objective.name)(c, exp.eval_model)
+    train_step = jit_train_step(
+        make_train_step(loss_fn, exp.tx, exp.schedule, c.train.grad_accum_steps),
+        exp.shardings,
+        exp.mesh,
+        exp.rules,
+    )
+    eval_step = make_eval_step(eval_loss_fn, exp.param_shardings, exp.mesh, exp.rules)
+    pid, nproc = jax.process_index(), jax.process_count()
+    held_out = eval_batches(data.eval, c.train.global_batch_size, pid, nproc, c.train.eval_batches)
+
+    ckpt = checkpoint.Checkpointer(workdir, keep=c.train.keep_checkpoints)
+    if ckpt.latest_step() is not None:
+        state, data_state = ckpt.restore(exp.abstract_state)
+        start = int(data_state["step"])
+    else:
+        state, _ = init_train_state(
+            exp.eval_model, exp.tx, exp.mesh, exp.rules, c.data.seq_len, c.seed
+        )
+        start = 0
+
+    model_dims = resolved_model(c.model)
+    flops_per_token = perf.train_flops_per_token(model_dims, c.data.seq_len)
+    peak, _ = perf.peak_flops()
+    tokens_per_step = c.train.global_batch_size * c.data.seq_len
+    batches = TrainBatches(data.train, c.train.global_batch_size, c.seed, pid, nproc)
+    block = _must_block_each_step()
+    final: dict[str, float] = {}
+    logger = MetricsLogger(
+        workdir,
+        c,
+        total_steps=c.train.steps,
+        start_step=start,
+        is_main_process=pid == 0,
+        show_progress=show_progress,
+    )
+    try:
+        if start >= c.train.steps:
+            logger.message(f"{workdir} already finished {start} steps; nothing to train.")
+        window, t0 = [], time.perf_counter()
+        for step in range(start, c.train.steps):
+            state, metrics = train_step(state, host_to_global(batches.batch(step), exp.mesh))
+            if block:
+                jax.block_until_ready(metrics)
+            window.append(metrics)
+            done = step + 1
+            if done % c.train.log_every == 0 or done == c.train.steps:
+                row = _summarise(window)
+                elapsed = time.perf_counter() - t0
+                row["perf/tokens_per_s"] = tokens_per_step * len(window) / elapsed
+                row["perf/step_time_s"] = elapsed / len(window)
+                row["perf/mfu"] = perf.mfu(
+                    row["perf/tokens_per_s"], flops_per_token, jax.device_count(), peak
+                )
+                if row["train/nonfinite_streak_max"] >= c.train.max_consecutive_nonfinite:
+                    raise NonFiniteError(
+                        f"stopping at step {done}: {int(row['train/nonfinite_streak_max'])} "
+                        f"consecutive updates had a non-finite loss or gradient "
+                        f"(train.max_consecutive_nonfinite={c.train.max_consecutive_nonfinite}); "
+                        f"they were skipped, so the last checkpoint under {workdir} is intact. "
+                        f"Try a lower optim.lr, more optim.warmup_steps or model.dtype=float32."
+                    )
+                if done % c.train.eval_every == 0 or done == c.train.steps:
+                    row.update(evaluate(exp, state.params, state.frozen, held_out, eval_step))
+                logger.log(done, row)
+                final = row
+                window, t0 = [], time.perf_counter()
+            elif done % c.train.eval_every == 0:
+                final = evaluate(exp, state.params, state.frozen, held_out, eval_step)
+                logger.log(done, final)
+            if done % c.train.checkpoint_every == 0 or done == c.train.steps:
+                ckpt.save(
+                    done, state, {"step": done, "examples_seen": done * c.train.global_batch_size}
+                )
+    finally:
+        ckpt.close()
+        logger.close()
+    return final
