@@ -1,9 +1,14 @@
-"""`llmos` command line: train, eval, generate, demo.
+"""`llmos` command line: train, eval, generate, demo, convert.
 
 llmos train --config configs/clm/tiny.py[:ARG] [--config.train.steps=100 ...] --workdir DIR
+llmos train --resume-from RUN [--workdir NEW]   (RUN's own config: resume it, or re-run it in NEW)
+llmos ckpt info RUN | llmos ckpt verify RUN     (steps, sizes, manifest | checksums of every file)
 llmos eval --workdir DIR
 llmos generate --workdir DIR --prompt "The for statement" [--prompt ...] [--temperature 0]
 llmos demo [--workdir runs/demo]
+llmos convert --from-hf HF_DIR --workdir DIR    (or: --workdir DIR --to-hf HF_DIR)
+
+eval and generate also take a Hugging Face GPT-2 / Llama model directory as --workdir.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+SAMPLE_SEPARATOR = "-" * 3  # printed between the samples of a batch of prompts
 DEMO_PROMPTS = ("The for statement", "Exceptions are raised", "A class definition")
 
 
@@ -38,8 +44,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train (or resume) an experiment")
-    t.add_argument("--config", required=True, help="configs/FILE.py[:ARG]")
-    t.add_argument("--workdir", required=True, help="run directory (local path or gs://)")
+    t.add_argument("--config", help="configs/FILE.py[:ARG] (not with --resume-from)")
+    t.add_argument("--workdir", help="run directory (local path or gs://)")
+    t.add_argument(
+        "--resume-from",
+        metavar="RUN",
+        help="take the config (and tokenizer) from run directory RUN; resume RUN itself, or "
+        "re-run the experiment from scratch into --workdir",
+    )
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     e = sub.add_parser("eval", help="held-out perplexity of a run's latest checkpoint")
     e.add_argument("--workdir", required=True)
@@ -54,7 +66,48 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="train the tiny CLM on Python's docs, evaluate, sample")
     d.add_argument("--workdir", default="runs/demo")
     d.add_argument("--config", default=None, help="defaults to configs/clm/tiny.py")
+    c = sub.add_parser("convert", help="Hugging Face GPT-2 / Llama directory <-> run directory")
+    c.add_argument("--workdir", required=True, help="run directory: created by --from-hf")
+    way = c.add_mutually_exclusive_group(required=True)
+    way.add_argument("--from-hf", metavar="HF_DIR", help="import config.json + safetensors")
+    way.add_argument("--to-hf", metavar="HF_DIR", help="export the run's latest params")
+    c.add_argument("--max-shard-mb", type=int, default=0, help="--to-hf shard size; 0 = 1 file")
+    k = sub.add_parser("ckpt", help="inspect or verify a run's checkpoints")
+    ksub = k.add_subparsers(dest="ckpt_command", required=True)
+    ki = ksub.add_parser("info", help="steps, sizes and the manifest (provenance)")
+    ki.add_argument("run", help="run directory (local path or gs://)")
+    ki.add_argument("--step", type=int, default=None, help="whose manifest (default: newest)")
+    ki.add_argument("--json", action="store_true", help="machine-readable")
+    kv = ksub.add_parser("verify", help="compare every file with its manifest's sha256")
+    kv.add_argument("run", help="run directory (local path or gs://)")
+    kv.add_argument("--step", type=int, action="append", help="repeatable; default: all")
     return p
+
+
+def _train_config(args, overrides: list[str]):
+    """(config, workdir) for train / demo: from a config file, or from --resume-from RUN."""
+    from llmos_jax.config import load_config
+
+    resume = getattr(args, "resume_from", None)
+    if not resume:
+        if args.command == "train" and not (args.config and args.workdir):
+            raise SystemExit("error: train needs --config and --workdir (or --resume-from RUN)")
+        return load_config(args.config or "configs/clm/tiny.py", overrides), args.workdir
+    if args.config:
+        raise SystemExit(
+            "error: --resume-from uses the run's own config.json; drop --config "
+            "(--config.a.b=value still overrides single fields)"
+        )
+    from llmos_jax import checkpoint, provenance
+
+    workdir = args.workdir or resume
+    config, recorded = provenance.config_from_run(resume, workdir, overrides)
+    # With a checkpoint to resume from, the loop compares against that checkpoint's manifest.
+    if recorded and not checkpoint.has_checkpoint(workdir):
+        changed = provenance.differences(recorded, provenance.collect(config))
+        if changed:
+            print(f"warning: {resume} was run differently: " + "; ".join(changed), file=sys.stderr)
+    return config, workdir
 
 
 def _sample(run, prompts, args) -> list[str]:
@@ -83,14 +136,20 @@ def _sample(run, prompts, args) -> list[str]:
 
 
 def _eval_run(run) -> dict:
-    from llmos_jax.data import build_data, eval_batches, unigram_perplexity
+    from llmos_jax.data import Tokenizer, build_data, eval_batches, unigram_perplexity
     from llmos_jax.train.loop import evaluate
 
     c = run.config
-    data = build_data(c, run.workdir)  # reuses the run's own tokenizer.model
-    batches = eval_batches(data.eval, c.train.global_batch_size, 0, 1, c.train.eval_batches)
+    if isinstance(run.tokenizer, Tokenizer):
+        data = build_data(c, run.workdir)  # reuses the run's own tokenizer.model
+        train_rows, eval_rows = data.train, data.eval
+    else:  # a Hugging Face tokenizer: same documents and split, its own ids
+        from llmos_jax.interop import tokenized_splits
+
+        train_rows, eval_rows = tokenized_splits(c, run.tokenizer)
+    batches = eval_batches(eval_rows, c.train.global_batch_size, 0, 1, c.train.eval_batches)
     out = evaluate(run.experiment, run.params, {}, batches)
-    out["eval/unigram_perplexity"] = unigram_perplexity(data.train, data.eval, c.model.vocab_size)
+    out["eval/unigram_perplexity"] = unigram_perplexity(train_rows, eval_rows, c.model.vocab_size)
     out["step"] = run.step
     return out
 
@@ -109,17 +168,18 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     rest, overrides = _split_overrides(argv)
     args = _parser().parse_args(rest)
-    from llmos_jax.config import ConfigError, load_config
+    from llmos_jax.config import ConfigError
 
     try:
         if args.command in ("train", "demo"):
             from llmos_jax.train.loop import train
 
-            spec = args.config or "configs/clm/tiny.py"
-            config = load_config(spec, overrides)
+            config, args.workdir = _train_config(args, overrides)
             final = train(
                 config, args.workdir, show_progress=not getattr(args, "no_progress", False)
             )
+            if "train/preempted_at_step" in final:
+                return 0  # saved; the loop printed how to resume
             if args.command == "train":
                 print({k: round(v, 4) for k, v in final.items() if k.startswith("eval/")})
                 return 0
@@ -141,19 +201,39 @@ def main(argv: list[str] | None = None) -> int:
                 f"checkpoints/). Try: llmos generate --workdir {args.workdir} --prompt '...'"
             )
             return 0
+        if args.command == "convert":
+            from llmos_jax import interop
+
+            if args.from_hf:
+                interop.import_hf(args.from_hf, args.workdir, overrides)
+                print(f"{args.from_hf} -> run directory {args.workdir} (checkpoint step 0)")
+            else:
+                shard = args.max_shard_mb << 20
+                files = interop.export_hf(args.workdir, args.to_hf, overrides, shard)
+                print(f"{args.workdir} -> {args.to_hf}: {', '.join(files)}")
+            return 0
+        if args.command == "ckpt":
+            from llmos_jax import checkpoint_inspect
+
+            if args.ckpt_command == "info":
+                print(checkpoint_inspect.info(args.run, args.step, args.json))
+                return 0
+            ok, report = checkpoint_inspect.verify(args.run, args.step)
+            print(report)
+            return 0 if ok else 1
         from llmos_jax.runs import load_run
 
         run = load_run(args.workdir, overrides)
         if args.command == "eval":
             _print_eval(_eval_run(run))
         elif args.command == "generate":
-            for prompt, text in zip(args.prompt, _sample(run, args.prompt, args)):
-                print(f"{prompt}{text}")
+            samples = [f"{p}{t}" for p, t in zip(args.prompt, _sample(run, args.prompt, args))]
+            print(f"\n{SAMPLE_SEPARATOR}\n".join(samples))
         return 0
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    except FileNotFoundError as e:
+    except (FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

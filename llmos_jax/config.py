@@ -114,7 +114,8 @@ def base_config() -> ml_collections.ConfigDict:
     tr.eval_every = 100  # Evaluate on the held-out split every this many steps (and at the end).
     tr.eval_batches = 0  # 0 = the whole held-out split.
     tr.checkpoint_every = 100
-    tr.keep_checkpoints = 3
+    tr.keep_checkpoints = 3  # The newest this many checkpoints are kept...
+    tr.keep_every = 0  # ...plus, forever, every step divisible by this (0 = none).
     tr.max_consecutive_nonfinite = 5  # Stop after this many skipped (non-finite) updates in a row.
 
     o = c.optim = ml_collections.ConfigDict()
@@ -324,6 +325,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
     ):
         _check(int(t[f]) > 0, f"train.{f}", f"must be positive, got {t[f]}")
     _check(t.eval_batches >= 0, "train.eval_batches", "must be >= 0")
+    _check(t.keep_every >= 0, "train.keep_every", "must be >= 0 (0 keeps only the newest)")
     _check(
         t.global_batch_size % t.grad_accum_steps == 0,
         "train.grad_accum_steps",

@@ -11,15 +11,16 @@ import time
 
 import jax
 import numpy as np
-from etils import epath
 
-from llmos_jax import checkpoint, objectives, perf
-from llmos_jax.config import resolved_model, to_json, validate
+from llmos_jax import checkpoint, objectives, perf, provenance
+from llmos_jax.config import resolved_model, validate
 from llmos_jax.mesh import axis_rules, host_to_global, make_mesh
 from llmos_jax.metrics import MetricsLogger
 from llmos_jax.models import build_model
-from llmos_jax.train.init import abstract_train_state, init_train_state
+from llmos_jax.train.init import abstract_train_state
 from llmos_jax.train.optim import make_optimizer
+from llmos_jax.train.preemption import PreemptionGuard
+from llmos_jax.train.resume import data_position, preempted_message, restore_or_init
 from llmos_jax.train.step import jit_train_step, make_eval_step, make_train_step
 
 
@@ -79,14 +80,6 @@ def _must_block_each_step() -> bool:
     return jax.default_backend() == "cpu" and jax.device_count() > 1
 
 
-def _write_run_files(workdir: str, config) -> None:
-    if jax.process_index() != 0:
-        return
-    path = epath.Path(workdir)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "config.json").write_text(to_json(config))
-
-
 def _summarise(window: list[dict]) -> dict[str, float]:
     """Means of the per-step metrics since the last log (lr and counters: the last value)."""
     host = jax.device_get(window)
@@ -100,13 +93,24 @@ def _summarise(window: list[dict]) -> dict[str, float]:
 
 
 def train(config, workdir: str, *, show_progress: bool = True, data=None) -> dict[str, float]:
-    """Trains `config` into `workdir`, resuming from its latest checkpoint. Returns final metrics."""
+    """Trains `config` into `workdir`, resuming from its latest checkpoint. Returns final metrics.
+
+    On SIGTERM it finishes the current step, saves, waits for the commit and returns with
+    "train/preempted_at_step" in the metrics.
+    """
+    # Installed first: a notice that arrives while compiling still ends in a checkpoint.
+    with PreemptionGuard() as preemption:
+        return _train(config, workdir, preemption, show_progress, data)
+
+
+def _train(config, workdir: str, preemption, show_progress: bool, data) -> dict[str, float]:
     from llmos_jax.data import TrainBatches, build_data, eval_batches
 
     exp = build_experiment(config)
     c = config
-    _write_run_files(workdir, c)
     data = data or build_data(c, workdir)
+    record = provenance.collect(c, exp.mesh, exp.rules, data)
+    provenance.write_run_files(workdir, c, data.tokenizer, record)
     loss_fn = objectives.get(c.objective.name)(c, exp.model)
     eval_loss_fn = objectives.get(c.objective.name)(c, exp.eval_model)
     train_step = jit_train_step(
@@ -119,15 +123,10 @@ def train(config, workdir: str, *, show_progress: bool = True, data=None) -> dic
     pid, nproc = jax.process_index(), jax.process_count()
     held_out = eval_batches(data.eval, c.train.global_batch_size, pid, nproc, c.train.eval_batches)
 
-    ckpt = checkpoint.Checkpointer(workdir, keep=c.train.keep_checkpoints)
-    if ckpt.latest_step() is not None:
-        state, data_state = ckpt.restore(exp.abstract_state)
-        start = int(data_state["step"])
-    else:
-        state, _ = init_train_state(
-            exp.eval_model, exp.tx, exp.mesh, exp.rules, c.data.seq_len, c.seed
-        )
-        start = 0
+    ckpt = checkpoint.Checkpointer(
+        workdir, keep=c.train.keep_checkpoints, keep_every=c.train.keep_every
+    )
+    state, start, notes = restore_or_init(exp, ckpt, record, data)
 
     model_dims = resolved_model(c.model)
     flops_per_token = perf.train_flops_per_token(model_dims, c.data.seq_len)
@@ -145,16 +144,19 @@ def train(config, workdir: str, *, show_progress: bool = True, data=None) -> dic
         show_progress=show_progress,
     )
     try:
+        for note in notes:
+            logger.message(note)
         if start >= c.train.steps:
             logger.message(f"{workdir} already finished {start} steps; nothing to train.")
-        window, t0 = [], time.perf_counter()
+        window, t0, blocked = [], time.perf_counter(), 0.0
         for step in range(start, c.train.steps):
             state, metrics = train_step(state, host_to_global(batches.batch(step), exp.mesh))
             if block:
                 jax.block_until_ready(metrics)
             window.append(metrics)
             done = step + 1
-            if done % c.train.log_every == 0 or done == c.train.steps:
+            stop = preemption.reached(done)  # the same step on every host
+            if done % c.train.log_every == 0 or done == c.train.steps or stop:
                 row = _summarise(window)
                 elapsed = time.perf_counter() - t0
                 row["perf/tokens_per_s"] = tokens_per_step * len(window) / elapsed
@@ -162,6 +164,8 @@ def train(config, workdir: str, *, show_progress: bool = True, data=None) -> dic
                 row["perf/mfu"] = perf.mfu(
                     row["perf/tokens_per_s"], flops_per_token, jax.device_count(), peak
                 )
+                if blocked:  # what saves since the last row cost the loop (see checkpoint.py)
+                    row["perf/checkpoint_blocking_s"], blocked = blocked, 0.0
                 if row["train/nonfinite_streak_max"] >= c.train.max_consecutive_nonfinite:
                     raise NonFiniteError(
                         f"stopping at step {done}: {int(row['train/nonfinite_streak_max'])} "
@@ -178,10 +182,13 @@ def train(config, workdir: str, *, show_progress: bool = True, data=None) -> dic
             elif done % c.train.eval_every == 0:
                 final = evaluate(exp, state.params, state.frozen, held_out, eval_step)
                 logger.log(done, final)
-            if done % c.train.checkpoint_every == 0 or done == c.train.steps:
-                ckpt.save(
-                    done, state, {"step": done, "examples_seen": done * c.train.global_batch_size}
-                )
+            if done % c.train.checkpoint_every == 0 or done == c.train.steps or stop:
+                blocked += ckpt.save(done, state, data_position(done, c, data), record)
+            if stop:
+                ckpt.wait()  # committed before we exit: the scheduler may kill us any moment
+                logger.message(preempted_message(done, workdir))
+                final = {**final, "train/preempted_at_step": float(done)}
+                break
     finally:
         ckpt.close()
         logger.close()

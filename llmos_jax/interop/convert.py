@@ -1,0 +1,131 @@
+"""`llmos convert`: a Hugging Face model directory <-> an llmos run directory.
+
+An imported run is an ordinary run directory: config.json, the tokenizer files, and
+checkpoints/0 holding a full TrainState (the converted params, a freshly initialised optimizer
+state, step 0), so `llmos eval` / `generate` read it and `llmos train` can resume (fine-tune) it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+
+import jax
+import numpy as np
+from etils import epath
+
+from llmos_jax import checkpoint
+from llmos_jax.config import apply_override, to_json
+from llmos_jax.interop import hf
+from llmos_jax.interop.tokenizers import (
+    SENTENCEPIECE_MODEL,
+    TOKENIZER_JSON,
+    copy_tokenizer_files,
+    load_tokenizer,
+)
+
+log = logging.getLogger(__name__)
+
+
+def place_params(params: hf.Params, exp) -> hf.Params:
+    """Puts numpy params on the experiment's devices with its shardings, after checking that
+    their tree and shapes are exactly the model's (a mismatch is a converter bug, named here)."""
+    want = exp.abstract_state.params
+    got_paths = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree.leaves_with_path(params)}
+    for key, leaf in jax.tree.leaves_with_path(want):
+        name = jax.tree_util.keystr(key)
+        if got_paths.get(name) != leaf.shape:
+            raise ValueError(
+                f"converted params: {name} is {got_paths.get(name)}, the model expects {leaf.shape}"
+            )
+    if len(got_paths) != len(jax.tree.leaves(want)):
+        raise ValueError("converted params hold leaves the model does not have")
+    params = jax.tree.map(lambda x, a: np.asarray(x, a.dtype), params, want)
+    return jax.device_put(params, exp.param_shardings)
+
+
+def import_hf(hf_dir: str, workdir: str, overrides: list[str] | None = None):
+    """Creates run directory `workdir` from Hugging Face model directory `hf_dir`.
+
+    Returns the llmos config written to workdir/config.json. `overrides` (`a.b=value`) apply on
+    top of the converted config (e.g. `train.steps=100` for a later fine-tune).
+    """
+    from llmos_jax.runs import use_local_devices
+    from llmos_jax.train.init import init_train_state
+    from llmos_jax.train.loop import build_experiment
+
+    if not hf.is_hf_model_dir(hf_dir):
+        raise FileNotFoundError(
+            f"{hf_dir} is not a Hugging Face model directory ({hf.CONFIG_FILE} with "
+            f"{hf.WEIGHTS_FILE} or {hf.INDEX_FILE})"
+        )
+    if checkpoint.has_checkpoint(workdir):
+        raise FileExistsError(f"{workdir} already holds checkpoints; convert into a new directory")
+    config = hf.config_from_hf(hf.read_hf_config(hf_dir))
+    for item in overrides or []:
+        apply_override(config, item)
+    use_local_devices(config)
+    exp = build_experiment(config)
+    params = place_params(hf.load_hf_params(hf_dir, exp.eval_model.cfg), exp)
+
+    out = epath.Path(workdir)
+    out.mkdir(parents=True, exist_ok=True)
+    copied = copy_tokenizer_files(hf_dir, out)
+    # A generation_config.json carries the eos id when tokenizer_config.json does not.
+    for name in ("generation_config.json",):
+        if (pathlib.Path(hf_dir) / name).is_file():
+            (out / name).write_text((pathlib.Path(hf_dir) / name).read_text())
+    if copied:
+        tokenizer = load_tokenizer(out)
+        if tokenizer.vocab_size > config.model.vocab_size:
+            raise ValueError(
+                f"tokenizer has {tokenizer.vocab_size} tokens, the model's vocab_size is only "
+                f"{config.model.vocab_size}"
+            )
+    else:
+        log.warning("%s has no tokenizer files; eval and generate will need one", hf_dir)
+
+    # Optimizer moments start at zero whatever the params are: init fresh, then swap params in.
+    state, _ = init_train_state(
+        exp.eval_model, exp.tx, exp.mesh, exp.rules, config.data.seq_len, config.seed
+    )
+    state = state.replace(params=params)
+    (out / "config.json").write_text(to_json(config))
+    ckpt = checkpoint.Checkpointer(workdir, keep=config.train.keep_checkpoints, async_save=False)
+    try:
+        ckpt.save(0, state, {"step": 0, "examples_seen": 0})
+    finally:
+        ckpt.close()
+    return config
+
+
+def export_hf(
+    workdir: str, hf_dir: str, overrides: list[str] | None = None, max_shard_bytes: int = 0
+) -> list[str]:
+    """Writes the latest params of run `workdir` as a Hugging Face model directory `hf_dir`.
+
+    Returns the files written. Tokenizer files are copied as they are; the run's bos/eos ids go
+    into config.json and generation_config.json so that transformers' generate stops at eos.
+    """
+    from llmos_jax.runs import load_run
+
+    dst = pathlib.Path(hf_dir)
+    if dst.exists() and any(dst.iterdir()):
+        raise FileExistsError(f"{hf_dir} is not empty; export into a new directory")
+    run = load_run(workdir, overrides)
+    cfg = run.experiment.eval_model.cfg
+    tok = run.tokenizer
+    hf_config = hf.hf_config_from(cfg, bos_id=tok.bos_id, eos_id=tok.eos_id)
+    tensors = hf.params_to_hf(jax.device_get(run.params), cfg)
+    files = hf.save_hf_model(dst, hf_config, tensors, max_shard_bytes)
+    generation = {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id}
+    (dst / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+    tok_src = run.config.data.tokenizer.path
+    if tok_src:  # a tokenizer file outside the run: saved under the name transformers expects
+        name = TOKENIZER_JSON if tok_src.endswith(".json") else SENTENCEPIECE_MODEL
+        (dst / name).write_bytes(epath.Path(tok_src).read_bytes())
+        files.append(name)
+    else:
+        files += copy_tokenizer_files(workdir, dst)
+    return [hf.CONFIG_FILE, "generation_config.json", *files]
