@@ -63,6 +63,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.objective.z_loss = 0.0  # Weight of log(Z)^2, which keeps the softmax normaliser near 1.
 
     m = c.model = ml_collections.ConfigDict()
+    m.arch = "decoder"  # Which network (llmos_jax.models.ARCHS): decoder, ...
     m.family = "llama"  # gpt2 | llama
     m.vocab_size = 1024  # Also the size the SentencePiece tokenizer is trained to.
     m.d_model = 256  # D
@@ -256,6 +257,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
     )
     _check(c.objective.z_loss >= 0, "objective.z_loss", "must be >= 0")
     m = c.model
+    from llmos_jax.models import ARCHS
+
+    _check(m.arch in ARCHS, "model.arch", f"unknown arch {m.arch!r}; known: {', '.join(ARCHS)}")
     _check(m.family in FAMILIES, "model.family", f"unknown family {m.family!r}; known: {FAMILIES}")
     for f in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_len"):
         _check(int(m[f]) > 0, f"model.{f}", f"must be positive, got {m[f]}")

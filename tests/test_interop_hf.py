@@ -54,11 +54,15 @@ def _import(path, **model_overrides):
 
 def _our_logits(model, params, tokens: np.ndarray) -> np.ndarray:
     b, t = tokens.shape
-    positions = jnp.broadcast_to(jnp.arange(t), (b, t))
-    mask = attention_mask(jnp.ones((b, t), jnp.int32))
-    # One jitted forward: op-by-op dispatch would compile every primitive separately (slower).
-    forward = jax.jit(lambda p, x: model.apply({"params": p}, x, positions, mask)[0])
-    return np.asarray(forward(params, jnp.asarray(tokens)))
+    positions = np.broadcast_to(np.arange(t), (b, t))
+
+    # One jitted forward (inputs built inside it): on CPU every eager jax op is its own compile.
+    @jax.jit
+    def forward(params, tokens):
+        mask = attention_mask(jnp.ones((b, t), jnp.int32))
+        return model.apply({"params": params}, tokens, positions, mask)[0]
+
+    return np.asarray(forward(params, tokens))
 
 
 def _tokens(vocab: int, seed: int = 0) -> np.ndarray:
@@ -129,15 +133,16 @@ def test_export_round_trip_loads_in_transformers(saved, tmp_path, name):
 
 def _randomized_llmos_params(model, seed: int):
     """llmos' own init, with every leaf (norm scales, zero biases too) perturbed."""
-    variables = jax.jit(model.init)(
-        jax.random.PRNGKey(seed),
-        jnp.zeros((1, 8), jnp.int32),
-        jnp.arange(8)[None],
-        attention_mask(jnp.ones((1, 8), jnp.int32)),
-    )
+
+    @jax.jit
+    def init():
+        tokens = jnp.zeros((1, 8), jnp.int32)
+        mask = attention_mask(jnp.ones((1, 8), jnp.int32))
+        return model.init(jax.random.PRNGKey(seed), tokens, jnp.arange(8)[None], mask)
+
     rng = np.random.default_rng(seed)
     noise = lambda x: np.asarray(x) + 0.05 * rng.standard_normal(x.shape).astype(np.float32)
-    return jax.tree.map(noise, nn.meta.unbox(variables["params"]))
+    return jax.tree.map(noise, nn.meta.unbox(init()["params"]))
 
 
 @pytest.mark.parametrize(

@@ -51,6 +51,12 @@ class Decoder(nn.Module):
     cfg: ModelConfig
     deterministic: bool = True
 
+    def init_args(self, seq_len: int) -> tuple:
+        """Dummy (tokens, positions, mask) for `init`: shapes only matter, not values."""
+        tokens = jnp.zeros((1, seq_len), jnp.int32)
+        positions = jnp.arange(seq_len, dtype=jnp.int32)[None]
+        return tokens, positions, attention_mask(jnp.ones((1, seq_len), jnp.int32))
+
     def _block_stack(self):
         c = self.cfg
         block = Block

@@ -12,14 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from llmos_jax.models import attention_mask
 from llmos_jax.train.state import TrainState
-
-
-def _dummy_inputs(seq_len: int):
-    tokens = jnp.zeros((1, seq_len), jnp.int32)
-    positions = jnp.arange(seq_len, dtype=jnp.int32)[None]
-    return tokens, positions, attention_mask(jnp.ones((1, seq_len), jnp.int32))
 
 
 def boxed_init_fn(model, tx: optax.GradientTransformation, seq_len: int, frozen=None):

@@ -62,7 +62,9 @@ def build_experiment(config) -> Experiment:
 
 
 def evaluate(exp: Experiment, params, frozen, batches, eval_step=None) -> dict[str, float]:
-    """Held-out loss and perplexity over all `batches` (token-weighted, exact)."""
+    """Held-out metrics over all `batches`, token-weighted and exact: `eval/loss`,
+    `eval/perplexity` (exp of the loss: meaningful for token objectives) and `eval/<metric>` for
+    every other metric the objective reports."""
     if eval_step is None:
         loss_fn = objectives.get(exp.config.objective.name)(exp.config, exp.eval_model)
         eval_step = make_eval_step(loss_fn, exp.param_shardings, exp.mesh, exp.rules)

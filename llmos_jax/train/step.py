@@ -112,12 +112,16 @@ def jit_train_step(step_fn, state_shardings, mesh, rules):
 
 
 def make_eval_step(loss_fn: Callable, param_shardings, mesh, rules):
-    """(params, frozen, batch) -> (loss * num_tokens, num_tokens): sums, so eval aggregates exactly."""
+    """(params, frozen, batch) -> ({metric: value * n}, n), n = metrics["num_tokens"].
+
+    Sums rather than means, so evaluation over many (partly padded) batches aggregates exactly.
+    """
 
     def eval_step(params, frozen, batch):
         _, metrics = loss_fn(params, batch, jax.random.PRNGKey(0), frozen)
         n = metrics["num_tokens"]
-        return metrics["loss"] * n, n
+        sums = {k: v * n for k, v in metrics.items() if k != "num_tokens"}
+        return sums, n
 
     jitted = jax.jit(eval_step, in_shardings=(param_shardings, None, batch_sharding(mesh)))
 
