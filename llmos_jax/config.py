@@ -21,7 +21,7 @@ OBJECTIVES = ("clm",)
 DTYPES = ("float32", "bfloat16", "float16")
 DECAYS = ("cosine", "linear", "constant")
 REMAT = ("none", "full", "dots")
-SOURCES = ("pydoc", "files", "tfds")
+SOURCES = ("pydoc", "files", "tfds", "shapes")
 TOKENIZER_TYPES = ("bpe", "unigram")
 WANDB_MODES = ("offline", "online", "disabled")
 

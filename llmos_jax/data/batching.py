@@ -21,8 +21,6 @@ from collections.abc import Iterator
 import grain
 import numpy as np
 
-from llmos_jax.data.packing import FIELDS
-
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
     # uint64 arithmetic wraps silently on arrays, which is what the hash wants.
@@ -56,7 +54,8 @@ def _host_slice(global_batch_size: int, process_index: int, process_count: int) 
 
 
 def _with_loss_mask(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    batch["loss_mask"] = (batch["segment_ids"] > 0).astype(np.int32)
+    if "segment_ids" in batch:  # token rows; other fields (e.g. "images") ride along as they are
+        batch["loss_mask"] = (batch["segment_ids"] > 0).astype(np.int32)
     return batch
 
 
@@ -64,7 +63,8 @@ class TrainBatches:
     """Shuffled training batches, each a pure function of (seed, step); see the module docstring.
 
     Args:
-      rows: Packed rows ("tokens", "segment_ids", "positions", each [N, T]).
+      rows: Packed rows ("tokens", "segment_ids", "positions", each [N, T]); any other [N, ...]
+        field (e.g. "images") is batched the same way.
       global_batch_size: B, sequences per step over all hosts.
       seed: The data seed (config.seed).
       process_index: This host; it gets examples [p*B/P, (p+1)*B/P) of each global batch.
@@ -79,7 +79,7 @@ class TrainBatches:
         process_index: int = 0,
         process_count: int = 1,
     ):
-        self.rows = {k: rows[k] for k in FIELDS}
+        self.rows = dict(rows)
         self.num_rows = int(rows["tokens"].shape[0])
         if self.num_rows == 0:
             raise ValueError("TrainBatches: no packed rows")
@@ -112,7 +112,7 @@ class TrainBatches:
         )
 
     def batch(self, step: int) -> dict[str, np.ndarray]:
-        """This host's slice of global batch `step`: int32 [B/P, T] arrays plus "loss_mask"."""
+        """This host's slice of global batch `step`: [B/P, ...] arrays plus "loss_mask"."""
         index = self.row_indices(step)
         return _with_loss_mask({k: v[index] for k, v in self.rows.items()})
 
@@ -150,8 +150,8 @@ def eval_batches(
 ) -> list[dict[str, np.ndarray]]:
     """This host's slices of the held-out rows in order, unshuffled, as full-shape batches.
 
-    The last global batch is padded with all-zero rows (segment_ids 0, loss_mask 0); max_batches
-    > 0 keeps only the first that many batches.
+    The last global batch is padded with all-zero rows (segment_ids 0, loss_mask 0, and zeros in
+    any other field); max_batches > 0 keeps only the first that many batches.
     """
     local = _host_slice(int(global_batch_size), process_index, process_count)
     n = int(rows["tokens"].shape[0])
@@ -162,8 +162,8 @@ def eval_batches(
     for b in range(count):
         start = b * global_batch_size
         batch = {}
-        for k in FIELDS:
-            full = np.zeros((global_batch_size,) + rows[k].shape[1:], np.int32)
+        for k in rows:
+            full = np.zeros((global_batch_size,) + rows[k].shape[1:], rows[k].dtype)
             chunk = rows[k][start : start + global_batch_size]
             full[: len(chunk)] = chunk
             batch[k] = full[local]

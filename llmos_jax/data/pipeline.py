@@ -98,7 +98,8 @@ def tokenize_all(tokenizer: Tokenizer, texts: list[str]) -> list[list[int]]:
     return [ids for batch in encoded for ids in batch]
 
 
-def _get_tokenizer(config: Any, train_texts: list[str], workdir: str | None) -> Tokenizer:
+def get_tokenizer(config: Any, train_texts: list[str], workdir: str | None) -> Tokenizer:
+    """data.tokenizer.path, else workdir's tokenizer.model, else one trained on `train_texts`."""
     from etils import epath
 
     t = config.data.tokenizer
@@ -131,6 +132,10 @@ def build_data(config: Any, workdir: str | os.PathLike | None = None) -> DataBun
     there.
     """
     data_cfg = config.data
+    if data_cfg.source == "shapes":  # generated images and captions, not documents
+        from llmos_jax.data.shapes import build_shapes_data
+
+        return build_shapes_data(config, None if workdir is None else str(workdir))
     docs, description = load_source(data_cfg)
     held_out = split_documents(len(docs), float(data_cfg.eval_fraction), int(config.seed))
     cleaned = _clean_all([d.text for d in docs], data_cfg)
@@ -142,7 +147,7 @@ def build_data(config: Any, workdir: str | os.PathLike | None = None) -> DataBun
             f"data: nothing left to train or evaluate on after cleaning ({description})"
         )
 
-    tokenizer = _get_tokenizer(config, train_texts, None if workdir is None else str(workdir))
+    tokenizer = get_tokenizer(config, train_texts, None if workdir is None else str(workdir))
     seq_len = int(data_cfg.seq_len)
     specials = dict(bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
     train_ids = tokenize_all(tokenizer, train_texts)

@@ -1,7 +1,8 @@
 """Hugging Face interop: GPT-2 / Llama model directories and tokenizers.
 
-* `hf`: config.json <-> `config.model`, safetensors <-> params (`load_hf_params`,
-  `params_to_hf`, `save_hf_model`), `UnsupportedModelError` naming the Hugging Face field.
+* `hf_config`: config.json <-> `config.model`; `UnsupportedModelError` names the HF field.
+* `hf`: safetensors <-> params (`load_hf_params`, `params_to_hf`, `save_hf_model`); also
+  re-exports `hf_config`'s names.
 * `tokenizers`: `load_tokenizer` for llmos / foreign SentencePiece models and tokenizer.json.
 * `convert`: whole directories (`import_hf`, `export_hf`), as `llmos convert` runs them.
 * `data`: held-out rows tokenized by a foreign tokenizer, for `llmos eval`.

@@ -45,6 +45,28 @@ def place_params(params: hf.Params, exp) -> hf.Params:
     return jax.device_put(params, exp.param_shardings)
 
 
+def fresh_train_state(exp, params: hf.Params):
+    """The TrainState a run starts from (step 0, fresh optimizer state) around given params.
+
+    Adam's moments start at zero whatever the params are, so they come from `tx.init(params)`:
+    the same tree `init_train_state` makes, without a random init of a whole second model.
+    """
+    from llmos_jax.train.state import TrainState
+
+    opt_state = jax.jit(exp.tx.init, out_shardings=exp.shardings.opt_state)(params)
+    state = TrainState(
+        step=np.zeros((), np.int32),
+        params=params,
+        opt_state=opt_state,
+        rng=np.asarray(jax.random.PRNGKey(int(exp.config.seed))),
+        frozen={},
+    )
+    want = exp.abstract_state
+    if jax.tree.structure(state) != jax.tree.structure(want):
+        raise ValueError("imported TrainState does not match the train loop's (a converter bug)")
+    return jax.device_put(state, exp.shardings)
+
+
 def import_hf(hf_dir: str, workdir: str, overrides: list[str] | None = None):
     """Creates run directory `workdir` from Hugging Face model directory `hf_dir`.
 
@@ -52,7 +74,6 @@ def import_hf(hf_dir: str, workdir: str, overrides: list[str] | None = None):
     top of the converted config (e.g. `train.steps=100` for a later fine-tune).
     """
     from llmos_jax.runs import use_local_devices
-    from llmos_jax.train.init import init_train_state
     from llmos_jax.train.loop import build_experiment
 
     if not hf.is_hf_model_dir(hf_dir):
@@ -86,15 +107,14 @@ def import_hf(hf_dir: str, workdir: str, overrides: list[str] | None = None):
     else:
         log.warning("%s has no tokenizer files; eval and generate will need one", hf_dir)
 
-    # Optimizer moments start at zero whatever the params are: init fresh, then swap params in.
-    state, _ = init_train_state(
-        exp.eval_model, exp.tx, exp.mesh, exp.rules, config.data.seq_len, config.seed
-    )
-    state = state.replace(params=params)
+    state = fresh_train_state(exp, params)
     (out / "config.json").write_text(to_json(config))
     ckpt = checkpoint.Checkpointer(workdir, keep=config.train.keep_checkpoints, async_save=False)
     try:
-        ckpt.save(0, state, {"step": 0, "examples_seen": 0})
+        # The data position at step 0 (no data fingerprint: no data has been read yet).
+        position = {"step": 0, "examples_seen": 0, "seed": int(config.seed)}
+        position["global_batch_size"] = int(config.train.global_batch_size)
+        ckpt.save(0, state, position)
     finally:
         ckpt.close()
     return config

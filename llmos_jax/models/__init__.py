@@ -4,11 +4,17 @@
 dummy inputs its `init` takes, so the trainer initialises any architecture the same way.
 """
 
+from llmos_jax.models.dual_encoder import DualEncoder
+from llmos_jax.models.encdec import EncoderDecoder
 from llmos_jax.models.layers import ModelConfig
 from llmos_jax.models.transformer import Decoder, attention_mask, cache_mask, init_cache
+from llmos_jax.models.two_stream import TwoStreamDecoder
 
-# arch name -> Flax module class taking (cfg: ModelConfig, deterministic: bool).
-ARCHS = {"decoder": Decoder}
+# arch name -> Flax module class taking (cfg: ModelConfig, deterministic: bool); a class with a
+# `from_config(config, cfg, deterministic)` classmethod also reads its own config sections.
+ARCHS = {"decoder": Decoder, "dual_encoder": DualEncoder}
+ARCHS["encdec"] = EncoderDecoder  # span corruption (T5)
+ARCHS["two_stream"] = TwoStreamDecoder  # permuted LM (XLNet)
 
 
 def build_model(config, deterministic: bool = True):
@@ -16,7 +22,10 @@ def build_model(config, deterministic: bool = True):
     from llmos_jax.config import resolved_model
 
     cfg = ModelConfig.from_dict(resolved_model(config.model))
-    return ARCHS[config.model.arch](cfg, deterministic=deterministic)
+    arch = ARCHS[config.model.arch]
+    if hasattr(arch, "from_config"):  # e.g. the dual encoder's model.vision section
+        return arch.from_config(config, cfg, deterministic)
+    return arch(cfg, deterministic=deterministic)
 
 
 __all__ = ["ARCHS", "Decoder", "ModelConfig", "attention_mask", "build_model", "cache_mask",

@@ -21,7 +21,7 @@ def boxed_init_fn(model, tx: optax.GradientTransformation, seq_len: int, frozen=
     def init(rng):
         params_rng, dropout_rng, state_rng = jax.random.split(rng, 3)
         variables = model.init(
-            {"params": params_rng, "dropout": dropout_rng}, *_dummy_inputs(seq_len)
+            {"params": params_rng, "dropout": dropout_rng}, *model.init_args(seq_len)
         )
         params = variables["params"]
         return TrainState(

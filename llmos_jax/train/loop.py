@@ -61,19 +61,25 @@ def build_experiment(config) -> Experiment:
     return Experiment(config, mesh, rules, model, eval_model, tx, schedule, abstract, shardings)
 
 
-def evaluate(exp: Experiment, params, frozen, batches, eval_step=None) -> dict[str, float]:
+def evaluate(
+    exp: Experiment, params, frozen, batches, eval_step=None, tokenizer=None
+) -> dict[str, float]:
     """Held-out metrics over all `batches`, token-weighted and exact: `eval/loss`,
     `eval/perplexity` (exp of the loss: meaningful for token objectives) and `eval/<metric>` for
     every other metric the objective reports."""
     if eval_step is None:
-        loss_fn = objectives.get(exp.config.objective.name)(exp.config, exp.eval_model)
+        loss_fn = objectives.build(exp.config, exp.eval_model, tokenizer)
         eval_step = make_eval_step(loss_fn, exp.param_shardings, exp.mesh, exp.rules)
-    total, count = 0.0, 0.0
+    totals, count = {}, 0.0
     for batch in batches:
-        s, n = eval_step(params, frozen, host_to_global(batch, exp.mesh))
-        total, count = total + float(s), count + float(n)
-    loss = total / max(count, 1.0)
-    return {"eval/loss": loss, "eval/perplexity": math.exp(min(loss, 50.0)), "eval/tokens": count}
+        sums, n = eval_step(params, frozen, host_to_global(batch, exp.mesh))
+        for k, v in sums.items():
+            totals[k] = totals.get(k, 0.0) + float(v)
+        count += float(n)
+    out = {f"eval/{k}": v / max(count, 1.0) for k, v in totals.items()}
+    loss = out.get("eval/loss", 0.0)
+    out.update({"eval/perplexity": math.exp(min(loss, 50.0)), "eval/tokens": count})
+    return out
 
 
 def _must_block_each_step() -> bool:
@@ -113,8 +119,8 @@ def _train(config, workdir: str, preemption, show_progress: bool, data) -> dict[
     data = data or build_data(c, workdir)
     record = provenance.collect(c, exp.mesh, exp.rules, data)
     provenance.write_run_files(workdir, c, data.tokenizer, record)
-    loss_fn = objectives.get(c.objective.name)(c, exp.model)
-    eval_loss_fn = objectives.get(c.objective.name)(c, exp.eval_model)
+    loss_fn = objectives.build(c, exp.model, data.tokenizer)
+    eval_loss_fn = objectives.build(c, exp.eval_model, data.tokenizer)
     train_step = jit_train_step(
         make_train_step(loss_fn, exp.tx, exp.schedule, c.train.grad_accum_steps),
         exp.shardings,
