@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
 from transformers import AutoModelForCausalLM
 
 from llmos_jax.interop import hf
@@ -244,3 +245,14 @@ def test_unknown_tensors_are_rejected(saved, tmp_path):
     save_file(tensors, tmp_path / hf.WEIGHTS_FILE, metadata={"format": "pt"})
     with pytest.raises(hf.UnsupportedModelError, match="q_proj.bias"):
         _import(tmp_path)
+
+
+def test_bfloat16_checkpoint_imports_exactly_as_float32(tmp_path):
+    # Released Llama weights are usually bf16; params here are f32 (model.param_dtype).
+    hf_model = ref.tiny_llama(seed=4).to(torch.bfloat16)
+    hf_model.save_pretrained(tmp_path)
+    model, params = _import(tmp_path)
+    want = hf_model.model.layers[1].self_attn.k_proj.weight.detach().float().numpy()  # [K*H, D]
+    got = params["layers"]["attn"]["key"]["kernel"][1]  # [D, K, H]
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got.reshape(model.cfg.d_model, -1).T, want)

@@ -90,23 +90,24 @@ def import_hf(hf_dir: str, workdir: str, overrides: list[str] | None = None):
     exp = build_experiment(config)
     params = place_params(hf.load_hf_params(hf_dir, exp.eval_model.cfg), exp)
 
+    try:  # the model is worth importing even when its tokenizer is not usable here
+        tokenizer = load_tokenizer(hf_dir)
+        if tokenizer.vocab_size > config.model.vocab_size:
+            log.warning(
+                "tokenizer has %d tokens, the model only %d embeddings",
+                tokenizer.vocab_size,
+                config.model.vocab_size,
+            )
+    except (FileNotFoundError, ValueError) as e:
+        log.warning("%s: no usable tokenizer (%s); set data.tokenizer.path to generate", hf_dir, e)
+
     out = epath.Path(workdir)
     out.mkdir(parents=True, exist_ok=True)
-    copied = copy_tokenizer_files(hf_dir, out)
-    # A generation_config.json carries the eos id when tokenizer_config.json does not.
-    for name in ("generation_config.json",):
-        if (pathlib.Path(hf_dir) / name).is_file():
-            (out / name).write_text((pathlib.Path(hf_dir) / name).read_text())
-    if copied:
-        tokenizer = load_tokenizer(out)
-        if tokenizer.vocab_size > config.model.vocab_size:
-            raise ValueError(
-                f"tokenizer has {tokenizer.vocab_size} tokens, the model's vocab_size is only "
-                f"{config.model.vocab_size}"
-            )
-    else:
-        log.warning("%s has no tokenizer files; eval and generate will need one", hf_dir)
-
+    copy_tokenizer_files(hf_dir, out)
+    # generation_config.json may hold the eos id when tokenizer_config.json does not.
+    generation = pathlib.Path(hf_dir) / "generation_config.json"
+    if generation.is_file():
+        (out / generation.name).write_text(generation.read_text())
     state = fresh_train_state(exp, params)
     (out / "config.json").write_text(to_json(config))
     ckpt = checkpoint.Checkpointer(workdir, keep=config.train.keep_checkpoints, async_save=False)
@@ -134,6 +135,8 @@ def export_hf(
     if dst.exists() and any(dst.iterdir()):
         raise FileExistsError(f"{hf_dir} is not empty; export into a new directory")
     run = load_run(workdir, overrides)
+    if run.config.model.arch != "decoder":
+        raise hf.UnsupportedModelError(f"model.arch={run.config.model.arch!r}: only decoder")
     cfg = run.experiment.eval_model.cfg
     tok = run.tokenizer
     hf_config = hf.hf_config_from(cfg, bos_id=tok.bos_id, eos_id=tok.eos_id)

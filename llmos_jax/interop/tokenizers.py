@@ -128,26 +128,27 @@ _CLEANUP += ((" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
 
 
 class HFTokenizer(_Specials):
-    """A Hugging Face `tokenizer.json`, run by the `tokenizers` package (no transformers)."""
+    """A Hugging Face `tokenizer.json`, run by the `tokenizers` package (no transformers).
 
-    def __init__(self, tokenizer_json: str, ids: dict[str, int], cleanup: bool = False):
+    The file is run as written: adjustments transformers makes at load time from
+    tokenizer_config.json (e.g. `add_prefix_space`, Llama's `legacy`) are not re-applied.
+    """
+
+    def __init__(self, tokenizer_json: str, specials_dir: str | os.PathLike | None = None):
+        """specials_dir: the directory whose config files name the special tokens."""
         from tokenizers import Tokenizer as RustTokenizer
 
         self._tok = RustTokenizer.from_str(tokenizer_json)
-        self._ids = ids
-        self._cleanup = cleanup
+        d = epath.Path(specials_dir) if specials_dir is not None else None
+        found = _special_ids(d, self._tok.token_to_id) if d else dict.fromkeys(_ROLES)
+        self._ids = _resolve(found, str(d / TOKENIZER_JSON) if d else TOKENIZER_JSON)
+        config = _read_json(d, "tokenizer_config.json") if d else {}
+        self._cleanup = bool(config.get("clean_up_tokenization_spaces"))
         self._digest = hashlib.sha256(tokenizer_json.encode()).hexdigest()
 
     @classmethod
     def from_dir(cls, directory: str | os.PathLike) -> HFTokenizer:
-        d = epath.Path(directory)
-        text = (d / TOKENIZER_JSON).read_text()
-        from tokenizers import Tokenizer as RustTokenizer
-
-        probe = RustTokenizer.from_str(text)
-        ids = _resolve(_special_ids(d, probe.token_to_id), str(d / TOKENIZER_JSON))
-        cleanup = bool(_read_json(d, "tokenizer_config.json").get("clean_up_tokenization_spaces"))
-        return cls(text, ids, cleanup)
+        return cls((epath.Path(directory) / TOKENIZER_JSON).read_text(), directory)
 
     @property
     def vocab_size(self) -> int:
