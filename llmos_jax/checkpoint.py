@@ -17,6 +17,7 @@ files match their manifest's sizes (a cheap check); `verify` also compares check
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import json
@@ -37,12 +38,15 @@ _UNSEALED = frozenset({"_CHECKPOINT_METADATA", "commit_success.txt", MANIFEST_FI
 _UNUSABLE_SUFFIX = ".unusable"  # Not a step name Orbax recognises, so it is never restored.
 SAVE_TIMEOUT_S = 900  # Orbax's barriers and commit wait: a dead host cannot hang a save forever.
 _HASH_CHUNK = 8 << 20
+_HASH_THREADS = 8
 
 log = logging.getLogger(__name__)
 
 
 def checkpoint_dir(workdir: str | os.PathLike) -> epath.Path:
-    return epath.Path(workdir) / CHECKPOINT_DIR
+    # Orbax (OCDBT) needs absolute local paths; gs:// URLs pass through.
+    local = "://" not in str(workdir)
+    return epath.Path(os.path.abspath(workdir) if local else workdir) / CHECKPOINT_DIR
 
 
 def complete_steps(workdir: str | os.PathLike) -> list[int]:
@@ -95,8 +99,19 @@ def _sha256(path: epath.Path) -> str:
 
 
 def file_checksums(root: epath.Path) -> dict[str, dict[str, Any]]:
-    """{relative name: {"size", "sha256"}} of every file of a checkpoint directory."""
-    return {rel: {"size": int(p.stat().length), "sha256": _sha256(p)} for rel, p in _files(root)}
+    """{relative name: {"size", "sha256"}} of every file of a checkpoint directory.
+
+    Files are hashed on several threads (hashlib releases the GIL): this reads the whole
+    checkpoint back, in the background, at roughly 0.5-1 GB/s per thread.
+    """
+    files = list(_files(root))
+
+    def entry(path: epath.Path) -> dict[str, Any]:
+        return {"size": int(path.stat().length), "sha256": _sha256(path)}
+
+    with concurrent.futures.ThreadPoolExecutor(_HASH_THREADS) as pool:
+        entries = list(pool.map(entry, [p for _, p in files]))
+    return {rel: e for (rel, _), e in zip(files, entries, strict=True)}
 
 
 def check_step(workdir: str | os.PathLike, step: int, deep: bool = True) -> list[str]:

@@ -1,4 +1,4 @@
-"""`llmos` command line: train, eval, generate, demo, convert.
+"""`llmos` command line: train, eval, generate, demo, convert, serve, chat.
 
 llmos train --config configs/clm/tiny.py[:ARG] [--config.train.steps=100 ...] --workdir DIR
 llmos train --resume-from RUN [--workdir NEW]   (RUN's own config: resume it, or re-run it in NEW)
@@ -7,13 +7,16 @@ llmos eval --workdir DIR
 llmos generate --workdir DIR --prompt "The for statement" [--prompt ...] [--temperature 0]
 llmos demo [--workdir runs/demo]
 llmos convert --from-hf HF_DIR --workdir DIR    (or: --workdir DIR --to-hf HF_DIR)
+llmos serve --workdir DIR [--port 8000] [--max-batch 8] [--api-key KEY]   (OpenAI-compatible API)
+llmos chat --workdir DIR                        (terminal chat; /reset, /exit)
 
-eval and generate also take a Hugging Face GPT-2 / Llama model directory as --workdir.
+eval, generate, serve and chat also take a Hugging Face GPT-2 / Llama model directory as --workdir.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 SAMPLE_SEPARATOR = "-" * 3  # printed between the samples of a batch of prompts
@@ -84,6 +87,9 @@ def _parser() -> argparse.ArgumentParser:
     kv = ksub.add_parser("verify", help="compare every file with its manifest's sha256")
     kv.add_argument("run", help="run directory (local path or gs://)")
     kv.add_argument("--step", type=int, action="append", help="repeatable; default: all")
+    from llmos_jax.serve import commands as serve_commands  # argparse only; imports lazily
+
+    serve_commands.add_parsers(sub)
     return p
 
 
@@ -171,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     rest, overrides = _split_overrides(argv)
     args = _parser().parse_args(rest)
+    if getattr(args, "workdir", None) and "://" not in args.workdir:
+        # Orbax (OCDBT) only accepts absolute local paths; cloud URLs pass through unchanged.
+        args.workdir = os.path.abspath(args.workdir)
     from llmos_jax.config import ConfigError
 
     if getattr(args, "distributed", False):
@@ -228,6 +237,10 @@ def main(argv: list[str] | None = None) -> int:
             ok, report = checkpoint_inspect.verify(args.run, args.step)
             print(report)
             return 0 if ok else 1
+        if args.command in ("serve", "chat"):
+            from llmos_jax.serve import commands as serve_commands
+
+            return getattr(serve_commands, args.command)(args, overrides)
         from llmos_jax.runs import load_run
 
         run = load_run(args.workdir, overrides)

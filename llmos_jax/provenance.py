@@ -133,9 +133,10 @@ def collect(config=None, mesh=None, rules=None, data=None) -> dict[str, Any]:
             "fingerprint": data.fingerprint,
             "stats": dict(data.stats),
         }
+        tok = data.tokenizer  # a SentencePiece Tokenizer, or an interop tokenizer without a hash
         record["tokenizer"] = {
-            "sha256": data.tokenizer.sha256,
-            "vocab_size": int(data.tokenizer.vocab_size),
+            "sha256": getattr(tok, "sha256", None),
+            "vocab_size": int(tok.vocab_size),
         }
     return record
 
@@ -222,7 +223,7 @@ def write_run_files(workdir: str, config, tokenizer, record: dict[str, Any]) -> 
     path = epath.Path(workdir)
     path.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path / CONFIG_FILE, to_json(config))
-    if tokenizer is not None and not (path / TOKENIZER_FILE).exists():
+    if hasattr(tokenizer, "save") and not (path / TOKENIZER_FILE).exists():
         # A tokenizer given by data.tokenizer.path lives elsewhere: keep a copy with the run.
         tokenizer.save(path / TOKENIZER_FILE)
     write_text_atomic(path / PROVENANCE_FILE, json.dumps(record, indent=2, sort_keys=True))
@@ -259,12 +260,12 @@ def config_from_run(run_dir: str, workdir: str, overrides: list[str] | None = No
 
 
 def latest_record(run_dir: str) -> dict[str, Any] | None:
-    """The newest checkpoint's manifest, else the run's provenance.json, else None."""
+    """The provenance in the newest checkpoint's manifest, else the run's provenance.json (its
+    latest start), else None."""
     from llmos_jax import checkpoint
 
-    steps = checkpoint.complete_steps(run_dir)
-    for step in reversed(steps):
+    for step in reversed(checkpoint.complete_steps(run_dir)):
         manifest = checkpoint.read_manifest(run_dir, step)
-        if manifest is not None:
-            return manifest
+        if manifest is not None and manifest.get("provenance"):
+            return manifest["provenance"]
     return read_json(epath.Path(run_dir) / PROVENANCE_FILE)

@@ -8,6 +8,8 @@ per device count compiles), and every wait is bounded: a worker that outlives it
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import pathlib
 import signal
@@ -17,6 +19,20 @@ import time
 from collections.abc import Callable
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def shared_dir(tmp_path_factory, name: str):
+    """A directory that every xdist worker of this session shares, held under an exclusive lock
+    (so a reference run is built once and reused; the builder's own timeouts bound the wait)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the workers' common base
+    path = root / name
+    path.mkdir(exist_ok=True)
+    with open(path / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield path
 
 
 def subprocess_env(devices: int, cache: pathlib.Path, **extra: str) -> dict[str, str]:

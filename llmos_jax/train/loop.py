@@ -163,7 +163,8 @@ def _train(config, workdir: str, preemption, show_progress: bool, data) -> dict[
                 jax.block_until_ready(metrics)
             window.append(metrics)
             done = step + 1
-            stop = preemption.reached(done)  # the same step on every host
+            # Asked on every host at every step; true at the same step everywhere.
+            stop = preemption.reached(done) and done < c.train.steps
             if done % c.train.log_every == 0 or done == c.train.steps or stop:
                 row = _summarise(window)
                 elapsed = time.perf_counter() - t0
