@@ -26,14 +26,12 @@ class SampleOptions:
     top_p: float = 1.0  # 1 = off
 
 
-def sample_logits(logits, rng, temperature, top_k, top_p):
-    """One token per row. logits [B, V]; temperature, top_p float [B]; top_k int [B] (0 = off).
+def filter_logits(logits, temperature, top_k, top_p):
+    """Temperature-scaled logits [B, V] with the tokens outside top-k / top-p set to -inf.
 
-    Top-k and top-p (nucleus) filtering are applied to the temperature-scaled distribution; rows
-    with temperature 0 take the argmax.
+    temperature, top_p float [B]; top_k int [B] (0 = off).
     """
     logits = logits.astype(jnp.float32)
-    greedy = jnp.argmax(logits, axis=-1)
     scaled = logits / jnp.maximum(temperature, 1e-6)[:, None]
     sorted_desc = jnp.sort(scaled, axis=-1)[:, ::-1]
     v = logits.shape[-1]
@@ -47,7 +45,17 @@ def sample_logits(logits, rng, temperature, top_k, top_p):
     last_kept = jnp.sum(keep, axis=-1) - 1
     pth = jnp.take_along_axis(sorted_desc, last_kept[:, None], axis=-1)
     threshold = jnp.maximum(kth, pth)
-    filtered = jnp.where(scaled >= threshold, scaled, -jnp.inf)
+    return jnp.where(scaled >= threshold, scaled, -jnp.inf)
+
+
+def sample_logits(logits, rng, temperature, top_k, top_p):
+    """One token per row. logits [B, V]; temperature, top_p float [B]; top_k int [B] (0 = off).
+
+    Top-k and top-p (nucleus) filtering are applied to the temperature-scaled distribution; rows
+    with temperature 0 take the argmax.
+    """
+    greedy = jnp.argmax(logits, axis=-1)
+    filtered = filter_logits(logits, temperature, top_k, top_p)
     sampled = jax.random.categorical(rng, filtered, axis=-1)
     return jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
 

@@ -152,11 +152,22 @@ def sinusoidal(positions: jax.Array, d: int) -> jax.Array:
     return jnp.pad(out, [(0, 0), (0, 0), (0, d - 2 * half)])
 
 
+def _write_cache(cache: jax.Array, new: jax.Array, cache_index) -> jax.Array:
+    """Writes new [B, T, K, H] into cache [B, S, K, H] at slot cache_index: a scalar (every row
+    at the same slot, as batched sampling does) or a vector [B] (each row at its own slot, as the
+    serving engine's independent sequences do)."""
+    if jnp.ndim(cache_index) == 0:
+        return jax.lax.dynamic_update_slice_in_dim(cache, new, cache_index, 1)
+    row = lambda c, n, i: jax.lax.dynamic_update_slice_in_dim(c, n, i, 0)
+    return jax.vmap(row)(cache, new, cache_index)
+
+
 class Attention(nn.Module):
     """Multi-head / grouped-query attention, optionally reading and writing a KV cache.
 
-    With a cache (k, v: [B, S, K, H]) the new keys and values are written at `cache_index` and the
-    queries attend over the whole cache; `mask` [B, 1, T, S] says which slots each query may see.
+    With a cache (k, v: [B, S, K, H]) the new keys and values are written at `cache_index` (a scalar,
+    or [B] for a slot per row) and the queries attend over the whole cache; `mask` [B, 1, T, S] says
+    which slots each query may see.
     """
 
     cfg: ModelConfig
@@ -200,8 +211,8 @@ class Attention(nn.Module):
         new_cache = None
         if cache is not None:
             ck, cv = cache
-            ck = jax.lax.dynamic_update_slice_in_dim(ck, key.astype(ck.dtype), cache_index, 1)
-            cv = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), cache_index, 1)
+            ck = _write_cache(ck, key.astype(ck.dtype), cache_index)
+            cv = _write_cache(cv, v.astype(cv.dtype), cache_index)
             new_cache = (ck, cv)
             key, v = ck.astype(q.dtype), cv.astype(q.dtype)
         impl = None if c.attention_impl == "auto" else c.attention_impl

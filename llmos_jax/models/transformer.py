@@ -34,12 +34,13 @@ def cache_mask(kv_valid: jax.Array, cache_index: jax.Array, num_queries: int) ->
     """Mask for queries written at slots cache_index .. cache_index+T-1 of a cache of S slots.
 
     kv_valid: [B, S] bool, slots holding real tokens (left padding of a prompt is not valid).
+    cache_index: a scalar, or [B] when each row writes at its own slot.
     Returns [B, 1, T, S]: query t may see valid slots s <= cache_index + t.
     """
     s = kv_valid.shape[1]
-    q_slot = cache_index + jnp.arange(num_queries)
-    causal = jnp.arange(s)[None, :] <= q_slot[:, None]  # [T, S]
-    return (causal[None] & kv_valid[:, None, :])[:, None]
+    q_slot = jnp.reshape(cache_index, (-1, 1)) + jnp.arange(num_queries)  # [1 or B, T]
+    causal = jnp.arange(s) <= q_slot[..., None]  # [1 or B, T, S]
+    return (causal & kv_valid[:, None, :])[:, None]
 
 
 class Decoder(nn.Module):
