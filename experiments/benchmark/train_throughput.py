@@ -713,6 +713,25 @@ def _kernel_group(kind: str) -> str:
     return "other elementwise / reductions"
 
 
+MODULE_GROUPS = (  # (regex on the category, group): approximate, from HLO op_name metadata
+    (r"attn/(vmap|dot_product|BKGTS|BTKGH)", "attention core (QK^T, mask, softmax, AV)"),
+    (r"attn/(query|key|value|out)", "attention projections (q, k, v, out)"),
+    (r"attn/|concatenate|neg|cos|sin", "other attention elementwise (RoPE, gradient adds)"),
+    (r"mlp/", "MLP (gate, up, down, SwiGLU)"),
+    (r"norm", "RMSNorm"),
+    (r"lm_head|logsumexp|take_along|argmax|log_softmax|reduce_max", "lm head + loss"),
+    (r"embed", "embedding"),
+    (r"cond/|apply_if_finite|adam|clip|global_norm|sqrt|is-finite|is_finite", "optimizer"),
+)
+
+
+def _module_group(cat: str) -> str:
+    for pattern, name in MODULE_GROUPS:
+        if re.search(pattern, cat):
+            return name
+    return "other (XLA-made buffers, copies, scan bookkeeping, metrics)"
+
+
 def profile(row: OursRow, n: int, top: int, trace_dir: str) -> list[str]:
     """Traces n steps with jax.profiler; kernels' thread time grouped by source op."""
     import collections
@@ -743,6 +762,7 @@ def profile(row: OursRow, n: int, top: int, trace_dir: str) -> list[str]:
     data = jax.profiler.ProfileData.from_file(files[0])
     per_cat: collections.Counter = collections.Counter()
     per_group: collections.Counter = collections.Counter()
+    per_module: collections.Counter = collections.Counter()
     skip = ("ThunkExecutor", "SlinkyThreadPool", "$", "while", "conditional", "call")
     for plane in data.planes:
         for line in plane.lines:
@@ -754,6 +774,7 @@ def profile(row: OursRow, n: int, top: int, trace_dir: str) -> list[str]:
                 cat = _op_category(op_of.get(ev.name, ""), ev.name)
                 per_cat[cat] += ev.duration_ns
                 per_group[_kernel_group(cat.rsplit("[", 1)[-1])] += ev.duration_ns
+                per_module[_module_group(cat)] += ev.duration_ns
     total = sum(per_cat.values()) or 1
     out = [
         f"Traced {n} steps: {1e3 * wall:.0f} ms/step wall, kernels' thread time "
@@ -763,6 +784,9 @@ def profile(row: OursRow, n: int, top: int, trace_dir: str) -> list[str]:
         "|---|---:|---:|",
     ]
     for g, ns in per_group.most_common():
+        out.append(f"| {g} | {ns / 1e6 / n:.0f} | {100 * ns / total:.0f}% |")
+    out += ["", "| source (fwd + bwd) | thread ms/step | share |", "|---|---:|---:|"]
+    for g, ns in per_module.most_common():
         out.append(f"| {g} | {ns / 1e6 / n:.0f} | {100 * ns / total:.0f}% |")
     out += ["", "| thread ms/step | share | fwd/bwd, source op [XLA kernel] |", "|---:|---:|---|"]
     for cat, ns in per_cat.most_common(top):

@@ -76,8 +76,20 @@ def free_port() -> int:
 
 
 def start_server(model_dir: Path, port: int, max_batch: int, max_len: int, log: Path):
-    cmd = [sys.executable, "-m", "llmos_jax.cli", "serve", "--workdir", str(model_dir),
-           "--port", str(port), "--max-batch", str(max_batch), "--max-len", str(max_len)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "llmos_jax.cli",
+        "serve",
+        "--workdir",
+        str(model_dir),
+        "--port",
+        str(port),
+        "--max-batch",
+        str(max_batch),
+        "--max-len",
+        str(max_len),
+    ]
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
     import httpx2
@@ -97,9 +109,15 @@ def start_server(model_dir: Path, port: int, max_batch: int, max_len: int, log: 
 
 
 async def _stream(http, url: str, prompt: list[int], new: int) -> dict:
-    body = {"prompt": prompt, "max_tokens": new, "temperature": 0.0,
-            "stream": True, "ignore_eos": True, "logprobs": 0,
-            "return_tokens_as_token_ids": True}  # fmt: skip
+    body = {
+        "prompt": prompt,
+        "max_tokens": new,
+        "temperature": 0.0,
+        "stream": True,
+        "ignore_eos": True,
+        "logprobs": 0,
+        "return_tokens_as_token_ids": True,
+    }
     t0 = time.perf_counter()
     times, ids = [], []
     async with http.stream("POST", url, json=body) as resp:
@@ -130,8 +148,12 @@ def ours(port: int, prompts: list[list[int]], new: int) -> dict:
     ttft = statistics.median(s["times"][0] - s["start"] for s in streams)
     decode = sum((new - 1) / (s["times"][-1] - s["times"][0]) for s in streams)
     span = max(s["times"][-1] for s in streams) - min(s["start"] for s in streams)
-    return {"ttft_s": ttft, "decode_tps": decode, "e2e_tps": len(prompts) * new / span,
-            "first_ids": streams[0]["ids"]}  # fmt: skip
+    return {
+        "ttft_s": ttft,
+        "decode_tps": decode,
+        "e2e_tps": len(prompts) * new / span,
+        "first_ids": streams[0]["ids"],
+    }
 
 
 def transformers_generate(model, prompts: list[list[int]], new: int) -> dict:
@@ -147,8 +169,12 @@ def transformers_generate(model, prompts: list[list[int]], new: int) -> dict:
         out = model.generate(ids, max_new_tokens=new, **kw)
         total = time.perf_counter() - t0
     n = len(prompts)
-    return {"ttft_s": ttft, "decode_tps": n * (new - 1) / (total - ttft),
-            "e2e_tps": n * new / total, "first_ids": out[0, ids.shape[1] :].tolist()}  # fmt: skip
+    return {
+        "ttft_s": ttft,
+        "decode_tps": n * (new - 1) / (total - ttft),
+        "e2e_tps": n * new / total,
+        "first_ids": out[0, ids.shape[1] :].tolist(),
+    }
 
 
 def median_row(rows: list[dict]) -> dict:
@@ -180,13 +206,18 @@ def run_preset(preset: str, args, work: Path) -> list[dict]:
                 load = os.getloadavg()[0]
                 mine.append(ours(port, prompts, new))
                 theirs.append(transformers_generate(hf, prompts, new))
-                print(f"{preset} x{n}: ours {mine[-1]['decode_tps']:.0f} tok/s, transformers "
-                      f"{theirs[-1]['decode_tps']:.0f} tok/s (load {load:.1f})", flush=True)  # fmt: skip
+                print(
+                    f"{preset} x{n}: ours {mine[-1]['decode_tps']:.0f} tok/s, transformers "
+                    f"{theirs[-1]['decode_tps']:.0f} tok/s (load {load:.1f})",
+                    flush=True,
+                )
             same = mine[0]["first_ids"] == theirs[0]["first_ids"]
             for system, rows in (("llmos serve", mine), ("transformers generate", theirs)):
                 row = {"preset": preset, "streams": n, "system": system, **median_row(rows)}
                 row["same_greedy_tokens"] = same
+                row["load_avg"] = load
                 results.append(row)
+            print(markdown(results[-2:]), flush=True)  # each row as soon as it is measured
         return results
     finally:
         server.terminate()
@@ -194,15 +225,25 @@ def run_preset(preset: str, args, work: Path) -> list[dict]:
 
 
 def markdown(results: list[dict]) -> str:
-    lines = ["| preset | streams | system | TTFT (ms) | decode tok/s | e2e tok/s | decode vs HF "
-             "| same greedy tokens |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| preset | streams | system | TTFT (ms) | decode tok/s | e2e tok/s | decode vs HF "
+        "| same greedy tokens |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
-        ref = next(x for x in results if x["preset"] == r["preset"] and x["streams"] == r["streams"]
-                   and x["system"] == "transformers generate")  # fmt: skip
+        ref = next(
+            x
+            for x in results
+            if x["preset"] == r["preset"]
+            and x["streams"] == r["streams"]
+            and x["system"] == "transformers generate"
+        )
         ratio = r["decode_tps"] / ref["decode_tps"]
-        lines.append(f"| {r['preset']} | {r['streams']} | {r['system']} | {r['ttft_s'] * 1e3:.0f} "
-                     f"| {r['decode_tps']:.0f} | {r['e2e_tps']:.0f} | {ratio:.2f}x "
-                     f"| {'yes' if r['same_greedy_tokens'] else 'NO'} |")  # fmt: skip
+        lines.append(
+            f"| {r['preset']} | {r['streams']} | {r['system']} | {r['ttft_s'] * 1e3:.0f} "
+            f"| {r['decode_tps']:.0f} | {r['e2e_tps']:.0f} | {ratio:.2f}x "
+            f"| {'yes' if r['same_greedy_tokens'] else 'NO'} |"
+        )
     return "\n".join(lines)
 
 
@@ -225,8 +266,12 @@ def main() -> None:
     print(markdown(results))
     import torch
 
-    host = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "python": platform.python_version(), "torch_threads": torch.get_num_threads()}  # fmt: skip
+    host = {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch_threads": torch.get_num_threads(),
+    }
     if args.out:
         Path(args.out).write_text(json.dumps({"host": host, "results": results}, indent=2))
 
