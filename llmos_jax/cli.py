@@ -157,7 +157,7 @@ def _eval_run(run) -> dict:
 
         train_rows, eval_rows = tokenized_splits(c, run.tokenizer)
     batches = eval_batches(eval_rows, c.train.global_batch_size, 0, 1, c.train.eval_batches)
-    out = evaluate(run.experiment, run.params, {}, batches)
+    out = evaluate(run.experiment, run.params, {}, batches, tokenizer=run.tokenizer)
     out["eval/unigram_perplexity"] = unigram_perplexity(train_rows, eval_rows, c.model.vocab_size)
     out["step"] = run.step
     return out

@@ -165,9 +165,9 @@ def _write_cache(cache: jax.Array, new: jax.Array, cache_index) -> jax.Array:
 class Attention(nn.Module):
     """Multi-head / grouped-query attention, optionally reading and writing a KV cache.
 
-    With a cache (k, v: [B, S, K, H]) the new keys and values are written at `cache_index` (a scalar,
-    or [B] for a slot per row) and the queries attend over the whole cache; `mask` [B, 1, T, S] says
-    which slots each query may see.
+    With a cache (k, v: [B, S, K, H]) the new keys and values are written at `cache_index` (a
+    scalar, or [B] for a slot per row) and the queries attend over the whole cache; `mask`
+    [B, 1, T, S] says which slots each query may see.
     """
 
     cfg: ModelConfig
