@@ -21,7 +21,7 @@ demo: $(STAMP)
 	JAX_PLATFORMS=cpu $(VENV)/bin/llmos demo --workdir runs/demo
 
 test: $(STAMP)
-	$(TEST_ENV) $(PY) -m pytest -q -n $(WORKERS) --durations=15 tests
+	$(TEST_ENV) $(PY) -m pytest -q -n $(WORKERS) --dist loadgroup --durations=20 tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check llmos_jax tests configs experiments && $(VENV)/bin/ruff format --check llmos_jax tests configs experiments

@@ -15,8 +15,8 @@ from llmos_jax.metrics import read_metrics
 from llmos_jax.models import build_model
 from llmos_jax.train import loop
 from llmos_jax.train.optim import decay_mask, make_optimizer, make_schedule
-from llmos_jax.train.step import make_train_step
 from llmos_jax.train.state import TrainState
+from llmos_jax.train.step import make_train_step
 from tests.helpers import init_params, random_batch, tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -43,7 +43,10 @@ def trained_run(tmp_path_factory):
     return workdir, before, final, data
 
 
+# One worker runs both tests that use the module's trained run (make test: --dist loadgroup),
+# so it is trained once rather than once per xdist worker.
 @pytest.mark.slow
+@pytest.mark.xdist_group("trained_run")
 def test_training_reduces_held_out_loss(trained_run):
     workdir, before, final, data = trained_run
     # An untrained model predicts nearly uniformly: loss close to ln(V).
@@ -59,6 +62,7 @@ def test_training_reduces_held_out_loss(trained_run):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("trained_run")
 def test_cli_eval_and_generate_on_the_trained_run(trained_run, capsys):
     workdir, _, final, _ = trained_run
     assert main(["eval", "--workdir", workdir]) == 0

@@ -88,6 +88,35 @@ class DecoderBlock(nn.Module):
         return x, None
 
 
+def encoder_stack(c: ModelConfig, det: bool, embed, pos_embed, tokens, positions, mask):
+    """The encoder half, called inside a compact method so its parameters ("encoder",
+    "encoder_norm") sit at that module's top level, as in EncoderDecoder."""
+    x = embed_inputs(c, embed, pos_embed, tokens, positions, det)
+    x = layer_stack(Block, c, det, "encoder", nargs=2)(x, positions, mask)
+    norm = Norm(c.norm, c.norm_eps, c.compute_dtype, c.weight_dtype, name="encoder_norm")
+    return nn.with_logical_constraint(norm(x), _LENGTH)
+
+
+class Encoder(nn.Module):
+    """The encoder of an EncoderDecoder alone: (tokens, positions, mask [B,1,S,S]) -> [B, S, D].
+
+    Its parameters are a subset of the EncoderDecoder's ("embed", "pos_embed" if learned,
+    "encoder", "encoder_norm"), so a span-corruption checkpoint's encoder runs without the
+    decoder: sentence features for probes and embeddings.
+    """
+
+    cfg: ModelConfig
+    deterministic: bool = True
+
+    PARAM_KEYS = ("embed", "pos_embed", "encoder", "encoder_norm")
+
+    @nn.compact
+    def __call__(self, tokens, positions, mask):
+        c = self.cfg
+        embed, pos_embed = token_embedding(c), position_embedding(c)
+        return encoder_stack(c, self.deterministic, embed, pos_embed, tokens, positions, mask)
+
+
 class EncoderDecoder(nn.Module):
     """(encoder tokens, positions, mask [B,1,S,S]; decoder tokens, positions, mask [B,1,T,T];
     cross mask [B,1,T,S]) -> decoder logits [B, T, V]."""
@@ -119,9 +148,7 @@ class EncoderDecoder(nn.Module):
         embed, pos_embed = token_embedding(c), position_embedding(c)
         norm = (c.norm, c.norm_eps, c.compute_dtype, c.weight_dtype)
 
-        x = embed_inputs(c, embed, pos_embed, enc_tokens, enc_positions, det)
-        x = layer_stack(Block, c, det, "encoder", nargs=2)(x, enc_positions, enc_mask)
-        memory = nn.with_logical_constraint(Norm(*norm, name="encoder_norm")(x), _LENGTH)
+        memory = encoder_stack(c, det, embed, pos_embed, enc_tokens, enc_positions, enc_mask)
 
         y = embed_inputs(c, embed, pos_embed, dec_tokens, dec_positions, det)
         y = layer_stack(DecoderBlock, c, det, "decoder", nargs=4)(
