@@ -68,6 +68,20 @@ def test_linear_probe_separates_blobs_and_cannot_learn_noise():
     assert noise["test_accuracy"] < 0.36
 
 
+def test_fine_tune_from_the_probe_head_starts_at_the_probe(tokenizer):
+    """Zero steps from linear_probe's head (folded back onto raw features) = the probe itself."""
+    config = objective_config("mlm", vocab_size=512)
+    _, params = init_params(config)
+    data = topic_dataset(tokenizer, seq_len=16, num_topics=4, per_topic=20, seed=0)
+    train_x = pooled_features(config, params, data.train)
+    test_x = pooled_features(config, params, data.test)
+    probe = linear_probe(train_x, data.train_labels, test_x, data.test_labels, 4)
+    start = fine_tune(config, params, data, steps=0, head=probe["head"])
+    # Equal up to float rounding at a near-tie: at most one of the held-out rows may differ.
+    assert abs(start["test_accuracy"] - probe["test_accuracy"]) <= 1 / len(data.test_labels)
+    assert probe["test_accuracy"] > 0.4  # random features of 4 topics: well above chance 0.25
+
+
 def _rows(rng, b, t, vocab, pad_from=None):
     seg = np.ones((b, t), np.int32)
     if pad_from is not None:

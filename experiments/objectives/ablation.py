@@ -105,7 +105,10 @@ def probe_run(config, params, tokenizer, seed: int, args) -> dict[str, float]:
     train_x = pooled_features(config, params, data.train)
     test_x = pooled_features(config, params, data.test)
     probe = linear_probe(train_x, data.train_labels, test_x, data.test_labels, data.num_classes)
-    tuned = fine_tune(config, params, data, steps=args.finetune_steps, seed=seed)
+    # LP-FT: the fine-tune starts from the probe's head, so it starts at the probe's accuracy.
+    tuned = fine_tune(
+        config, params, data, args.finetune_steps, args.finetune_lr, seed=seed, head=probe["head"]
+    )
     return {
         "probe/train_accuracy": probe["train_accuracy"],
         "probe/test_accuracy": probe["test_accuracy"],
@@ -183,7 +186,7 @@ def table(results: list[dict], args) -> str:
         f"{args.layers} layers ({args.layers // 2}+{args.layers // 2} for span). Probe: "
         f"8-way topic classification, chance {chance:.3f}, {args.per_topic} rows of "
         f"{args.probe_len} tokens per topic, half held out; fine-tune {args.finetune_steps} "
-        "steps. Held-out losses are each objective's own loss (nats per predicted token) and "
+        f"steps at lr {args.finetune_lr:g} from the probe's head (LP-FT). Held-out losses are each objective's own loss (nats per predicted token) and "
         "are not comparable across rows.",
     ]
     return "\n".join(lines) + "\n"
@@ -227,7 +230,8 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--probe-len", type=int, default=64)
     p.add_argument("--per-topic", type=int, default=40)
-    p.add_argument("--finetune-steps", type=int, default=60)
+    p.add_argument("--finetune-steps", type=int, default=100)
+    p.add_argument("--finetune-lr", type=float, default=1e-4)
     p.add_argument("--workdir", default="runs/ablation")
     p.add_argument("--out", default=str(Path(__file__).parent))
     return p.parse_args(argv)

@@ -186,7 +186,8 @@ def linear_probe(
     steps: int = 1000,
     lr: float = 0.05,
 ) -> dict[str, float]:
-    """Logistic regression on frozen features -> {train_accuracy, test_accuracy}.
+    """Logistic regression on frozen features -> {train_accuracy, test_accuracy, head}, `head`
+    the classifier {w [D, C], b [C]} on unstandardised features (a start for `fine_tune`).
 
     Features are standardised with the training split's mean and std; the weights start at zero
     and full-batch Adam runs a fixed number of steps, so the result is deterministic.
@@ -210,9 +211,13 @@ def linear_probe(
         return (optax.apply_updates(p, u), s), None
 
     (w, _), _ = jax.lax.scan(jax.jit(step), (w, tx.init(w)), None, length=steps)
+    # The same classifier on raw features: (x - mean) / std @ w + b = x @ w' + b'.
+    raw_w = np.asarray(w["w"]) / std[:, None]
+    raw_b = np.asarray(w["b"]) - mean @ raw_w
     return {
         "train_accuracy": _accuracy(xs @ w["w"] + w["b"], train_y),
         "test_accuracy": _accuracy(xt @ w["w"] + w["b"], test_y),
+        "head": {"w": raw_w, "b": raw_b},
     }
 
 
@@ -225,9 +230,15 @@ def fine_tune(
     batch_size: int = 16,
     weight_decay: float = 0.01,
     seed: int = 0,
+    head: dict | None = None,
 ) -> dict[str, float]:
     """Backbone + linear head on the pooled features, trained on `data.train` with AdamW (linear
-    warmup over the first tenth, then constant) -> {train_loss, test_accuracy}."""
+    warmup over the first tenth, then constant) -> {train_loss, test_accuracy}.
+
+    `head` ({w [D, C], b [C]}, e.g. `linear_probe(...)["head"]`) starts the head from a fitted
+    probe, "LP-FT" (Kumar et al., 2022): a zero head's first gradients would otherwise scramble
+    the pretrained features before the head has learnt to read them. Default: a zero head.
+    """
     if len(data.train_labels) < batch_size:
         raise ValueError(f"batch_size={batch_size} exceeds the {len(data.train_labels)} rows")
     pooled = feature_fn(config)
@@ -236,6 +247,8 @@ def fine_tune(
         "backbone": backbone_params(config, params),
         "head": {"w": jnp.zeros((d, data.num_classes)), "b": jnp.zeros((data.num_classes,))},
     }
+    if head is not None:
+        trainable["head"] = {k: jnp.asarray(head[k], jnp.float32) for k in ("w", "b")}
     schedule = optax.linear_schedule(0.0, lr, max(1, steps // 10))
     tx = optax.adamw(schedule, weight_decay=weight_decay)
 
