@@ -186,8 +186,8 @@ def table(results: list[dict], args) -> str:
         f"{args.layers} layers ({args.layers // 2}+{args.layers // 2} for span). Probe: "
         f"8-way topic classification, chance {chance:.3f}, {args.per_topic} rows of "
         f"{args.probe_len} tokens per topic, half held out; fine-tune {args.finetune_steps} "
-        f"steps at lr {args.finetune_lr:g} from the probe's head (LP-FT). Held-out losses are each objective's own loss (nats per predicted token) and "
-        "are not comparable across rows.",
+        f"steps at lr {args.finetune_lr:g} from the probe's head (LP-FT). Held-out losses "
+        "are each objective's own loss (nats per predicted token): not comparable across rows.",
     ]
     return "\n".join(lines) + "\n"
 
