@@ -69,6 +69,16 @@ def test_save_load(tokenizer, tmp_path):
     assert loaded.encode("The assert statement") == tokenizer.encode("The assert statement")
 
 
+def test_save_over_an_existing_file(tokenizer, tmp_path):
+    # Hosts sharing a workdir each write the tokenizer they trained: the second must not fail.
+    path = tmp_path / "tok.model"
+    path.write_bytes(b"stale")
+    tokenizer.save(path)
+    tokenizer.save(path)
+    assert Tokenizer.load(path).sha256 == tokenizer.sha256
+    assert [p.name for p in tmp_path.iterdir()] == ["tok.model"]  # no temporary file left
+
+
 def test_user_defined_symbols_and_small_corpus():
     texts = ["the cat sat on the mat <mask> today", "a dog <mask> barked at the cat"] * 5
     tok = train_tokenizer(texts, 1024, "unigram", user_defined_symbols=("<mask>",))

@@ -100,9 +100,14 @@ class Tokenizer:
 
         path = epath.Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        if "://" in str(path):  # An object store shows an object only once it is complete.
+            path.write_bytes(self._proto)
+            return
         tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
         tmp.write_bytes(self._proto)
-        tmp.rename(path)
+        # os.replace, not epath's rename: that refuses an existing destination, and two hosts
+        # that trained the same tokenizer both write it (seen as a multi-host CI failure).
+        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Tokenizer:
