@@ -1,8 +1,8 @@
 """Experiment configs: load `FILE[:ARG]`, apply `--config.a.b=value` overrides, resolve, validate.
 
-Every experiment is one Python file under `configs/` with `get_config(arg: str | None)` returning a
-`ml_collections.ConfigDict` built on `base_config()`. Validation runs once, before anything compiles,
-and every error names the offending field, so a typo costs a second rather than a compile.
+Every experiment is one Python file under `configs/` with `get_config(arg: str | None)` returning
+a `ml_collections.ConfigDict` built on `base_config()`. Validation runs once, before anything
+compiles, and every error names the offending field, so a typo costs a second rather than a compile.
 """
 
 from __future__ import annotations
@@ -169,7 +169,7 @@ def load_config(spec: str, overrides: list[str] | None = None) -> ml_collections
 
 
 def apply_override(config: ml_collections.ConfigDict, item: str) -> None:
-    """Applies one `a.b.c=value` override; the value is parsed as a Python literal when it is one."""
+    """Applies one `a.b.c=value` override; a value that is a Python literal is parsed as one."""
     key, sep, raw = item.partition("=")
     if not sep:
         raise ConfigError(f"override {item!r} is not of the form field=value")
@@ -221,7 +221,7 @@ def mesh_shape(config: ml_collections.ConfigDict, num_devices: int) -> dict[str,
         if v == 0 or v < -1:
             raise ConfigError(f"mesh.{k}={v}: must be a positive size or -1")
     fixed = 1
-    for k, v in sizes.items():
+    for v in sizes.values():
         if v != -1:
             fixed *= v
     if free:

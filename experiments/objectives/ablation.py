@@ -4,7 +4,7 @@ Question: on the default corpus (Python's documentation), with the same backbone
 tokens and the same steps, which pretraining objective gives the best encoder for a downstream
 task, read out by a frozen linear probe and by a short fine-tune?
 
-    .venv/bin/pip install matplotlib   # the plot only (the `experiments` extra)
+    .venv/bin/pip install -e ".[experiments]"   # matplotlib, for the plot
     .venv/bin/python experiments/objectives/ablation.py                 # 4 objectives x 3 seeds
     .venv/bin/python experiments/objectives/ablation.py --seeds 0 --steps 20 --out /tmp/abl  # smoke
 

@@ -1,8 +1,9 @@
 """Transformer building blocks with logical axis names on every parameter.
 
 Dimension letters: B batch, T query length, S key length, D model dim, N heads, K kv heads,
-H head dim, F mlp dim, V vocab. Parameter names follow Hugging Face's GPT-2 / Llama layout one module
-to one tensor (q/k/v/o, gate/up/down), so checkpoint conversion is a reshape, never a re-derivation.
+H head dim, F mlp dim, V vocab. Parameter names follow Hugging Face's GPT-2 / Llama layout, one
+module to one tensor (q/k/v/o, gate/up/down), so checkpoint conversion is a reshape, never a
+re-derivation.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def _init(std: float):
 
 
 class Einsum(nn.Module):
-    """A kernel of `shape` contracted with the input by `equation`; optional bias of `bias_shape`."""
+    """A kernel of `shape` contracted with the input by `equation`; optional `bias_shape` bias."""
 
     shape: tuple[int, ...]
     axes: tuple[str, ...]
