@@ -56,9 +56,12 @@ def _parser() -> argparse.ArgumentParser:
         "re-run the experiment from scratch into --workdir",
     )
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
-    t.add_argument("--distributed", action="store_true",
-                   help="multi-host run: call jax.distributed.initialize() first (auto-detects "
-                        "TPU pods, SLURM and GKE; or set JAX_COORDINATOR_ADDRESS etc.)")
+    t.add_argument(
+        "--distributed",
+        action="store_true",
+        help="multi-host run: call jax.distributed.initialize() first (auto-detects "
+        "TPU pods, SLURM and GKE; or set JAX_COORDINATOR_ADDRESS etc.)",
+    )
     e = sub.add_parser("eval", help="held-out perplexity of a run's latest checkpoint")
     e.add_argument("--workdir", required=True)
     g = sub.add_parser("generate", help="sample continuations from a run's latest checkpoint")

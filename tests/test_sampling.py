@@ -17,14 +17,24 @@ def test_kv_cache_decoding_equals_full_forward(family):
     # Larger weights make the distributions peaked, so a cache bug would change sampled tokens.
     params = jax.tree.map(lambda x: x * 8 if x.ndim > 1 else x, init_params(model))
     prompts = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14]]  # different lengths: left padding
-    outs, step_logits = generate(model, params, prompts, eos_id=3, rng=jax.random.PRNGKey(1),
-                                 options=SampleOptions(max_new_tokens=12, temperature=1.0),
-                                 return_logits=True)
+    outs, step_logits = generate(
+        model,
+        params,
+        prompts,
+        eos_id=3,
+        rng=jax.random.PRNGKey(1),
+        options=SampleOptions(max_new_tokens=12, temperature=1.0),
+        return_logits=True,
+    )
     assert any(len(o) > 4 for o in outs)
     for i, (prompt, out) in enumerate(zip(prompts, outs)):
         full = jnp.asarray(prompt + out)[None]
-        ref, _ = model.apply({"params": params}, full, jnp.arange(full.shape[1])[None],
-                             attention_mask(jnp.ones_like(full)))
+        ref, _ = model.apply(
+            {"params": params},
+            full,
+            jnp.arange(full.shape[1])[None],
+            attention_mask(jnp.ones_like(full)),
+        )
         ref = np.asarray(ref[0, len(prompt) - 1 : len(prompt) - 1 + len(out)])
         got = step_logits[i, : len(out)]
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
@@ -38,16 +48,29 @@ def test_greedy_equals_argmax_of_full_forward_and_stops_at_eos():
     seq = list(prompt)
     for _ in range(6):  # reference: greedy by recomputing everything each step
         x = jnp.asarray(seq)[None]
-        logits, _ = model.apply({"params": params}, x, jnp.arange(len(seq))[None],
-                                attention_mask(jnp.ones_like(x)))
+        logits, _ = model.apply(
+            {"params": params}, x, jnp.arange(len(seq))[None], attention_mask(jnp.ones_like(x))
+        )
         seq.append(int(jnp.argmax(logits[0, -1])))
-    ref = seq[len(prompt):]
-    (out,) = generate(model, params, [prompt], eos_id=127, rng=jax.random.PRNGKey(0),
-                      options=SampleOptions(max_new_tokens=6, temperature=0.0))
+    ref = seq[len(prompt) :]
+    (out,) = generate(
+        model,
+        params,
+        [prompt],
+        eos_id=127,
+        rng=jax.random.PRNGKey(0),
+        options=SampleOptions(max_new_tokens=6, temperature=0.0),
+    )
     assert out == ref
     eos = ref[2]
-    (cut,) = generate(model, params, [prompt], eos_id=eos, rng=jax.random.PRNGKey(0),
-                      options=SampleOptions(max_new_tokens=6, temperature=0.0))
+    (cut,) = generate(
+        model,
+        params,
+        [prompt],
+        eos_id=eos,
+        rng=jax.random.PRNGKey(0),
+        options=SampleOptions(max_new_tokens=6, temperature=0.0),
+    )
     assert cut == ref[: ref.index(eos)]
 
 
@@ -55,9 +78,11 @@ def _empirical(logits, n, **kw):
     b = logits.shape[0]
     opts = {k: jnp.full((b,), v) for k, v in kw.items()}
     keys = jax.random.split(jax.random.PRNGKey(0), n)
-    draws = jax.vmap(lambda k: sample_logits(logits, k, opts["temperature"],
-                                             opts["top_k"].astype(jnp.int32),
-                                             opts["top_p"]))(keys)
+    draws = jax.vmap(
+        lambda k: sample_logits(
+            logits, k, opts["temperature"], opts["top_k"].astype(jnp.int32), opts["top_p"]
+        )
+    )(keys)
     return np.bincount(np.asarray(draws[:, 0]), minlength=logits.shape[1]) / n
 
 
@@ -81,5 +106,11 @@ def test_prompt_too_long_for_learned_positions_is_a_clear_error():
     model = build_model(c)
     params = init_params(model)
     with pytest.raises(ValueError, match="exceeds the model's max_len"):
-        generate(model, params, [[5] * 60], eos_id=3, rng=jax.random.PRNGKey(0),
-                 options=SampleOptions(max_new_tokens=10))
+        generate(
+            model,
+            params,
+            [[5] * 60],
+            eos_id=3,
+            rng=jax.random.PRNGKey(0),
+            options=SampleOptions(max_new_tokens=10),
+        )

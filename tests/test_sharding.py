@@ -22,11 +22,16 @@ def _run(config, devices, steps: int = 4):
     tx, schedule = make_optimizer(config)
     state, shardings = init_train_state(model, tx, mesh, rules, config.data.seq_len, config.seed)
     loss_fn = objectives.get("clm")(config, model)
-    step = jit_train_step(make_train_step(loss_fn, tx, schedule, config.train.grad_accum_steps),
-                          shardings, mesh, rules)
+    step = jit_train_step(
+        make_train_step(loss_fn, tx, schedule, config.train.grad_accum_steps),
+        shardings,
+        mesh,
+        rules,
+    )
     # One batch, repeated: memorising it makes the loss fall, so later steps use moved params.
-    batch = random_batch(np.random.default_rng(0), config.train.global_batch_size,
-                         config.data.seq_len, 128, 3)
+    batch = random_batch(
+        np.random.default_rng(0), config.train.global_batch_size, config.data.seq_len, 128, 3
+    )
     losses = []
     for _ in range(steps):
         state, metrics = step(state, host_to_global(batch, mesh))
@@ -66,10 +71,12 @@ def test_param_shardings_follow_logical_rules():
     from llmos_jax.models import attention_mask
 
     tok = np.zeros((1, 8), np.int32)
-    boxed = jax.eval_shape(model.init, jax.random.PRNGKey(0), tok, np.arange(8)[None],
-                           attention_mask(tok + 1))["params"]
-    logical = jax.tree.map(lambda b: b.names, boxed,
-                           is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+    boxed = jax.eval_shape(
+        model.init, jax.random.PRNGKey(0), tok, np.arange(8)[None], attention_mask(tok + 1)
+    )["params"]
+    logical = jax.tree.map(
+        lambda b: b.names, boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned)
+    )
     leaves = jax.tree_util.tree_leaves_with_path(state.params)
     assert len(leaves) > 10
     seen_tensor = seen_fsdp = False

@@ -22,8 +22,15 @@ from tests.helpers import init_params, random_batch, tiny_config
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "clm" / "tiny.py")
 # The demo config, shortened to fit the test budget (same model, data and optimizer).
-SHORT = ["train.steps=60", "train.eval_every=60", "train.log_every=20", "train.eval_batches=4",
-         "data.seq_len=128", "optim.warmup_steps=10", "wandb.mode=disabled"]
+SHORT = [
+    "train.steps=60",
+    "train.eval_every=60",
+    "train.log_every=20",
+    "train.eval_batches=4",
+    "data.seq_len=128",
+    "optim.warmup_steps=10",
+    "wandb.mode=disabled",
+]
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +42,9 @@ def trained_run(tmp_path_factory):
     from llmos_jax.train.init import init_train_state
 
     data = build_data(config, workdir)
-    state, _ = init_train_state(exp.eval_model, exp.tx, exp.mesh, exp.rules,
-                                config.data.seq_len, config.seed)
+    state, _ = init_train_state(
+        exp.eval_model, exp.tx, exp.mesh, exp.rules, config.data.seq_len, config.seed
+    )
     held_out = eval_batches(data.eval, config.train.global_batch_size, 0, 1, 4)
     before = loop.evaluate(exp, state.params, {}, held_out)
     final = loop.train(config, workdir, show_progress=False, data=data)
@@ -72,16 +80,33 @@ def test_cli_eval_and_generate_on_the_trained_run(trained_run, capsys):
     assert ppl < math.exp(final["eval/loss"]) * 1.5
     baseline = float(out.split("unigram baseline ")[1].split()[0])
     assert ppl < baseline
-    assert main(["generate", "--workdir", workdir, "--prompt", "The for statement", "--prompt",
-                 "x", "--max-new-tokens", "8", "--temperature", "0"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--workdir",
+                workdir,
+                "--prompt",
+                "The for statement",
+                "--prompt",
+                "x",
+                "--max-new-tokens",
+                "8",
+                "--temperature",
+                "0",
+            ]
+        )
+        == 0
+    )
     first, second = capsys.readouterr().out.split("\n---\n")
     assert first.startswith("The for statement") and len(first) > len("The for statement") + 5
     assert second.startswith("x")
 
 
 def test_cli_config_error_names_field(capsys, tmp_path):
-    code = main(["train", "--config", TINY, "--config.model.n_kv_heads=3",
-                 "--workdir", str(tmp_path)])
+    code = main(
+        ["train", "--config", TINY, "--config.model.n_kv_heads=3", "--workdir", str(tmp_path)]
+    )
     assert code == 2
     assert "model.n_kv_heads" in capsys.readouterr().err
     assert not (tmp_path / "checkpoints").exists()  # nothing was started
@@ -113,16 +138,22 @@ def test_no_weight_decay_on_norms_and_biases():
 
 def _state(c, model, tx):
     params = init_params(model)
-    return TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params),
-                      rng=jax.random.PRNGKey(0), frozen={})
+    return TrainState(
+        step=jnp.int32(0),
+        params=params,
+        opt_state=tx.init(params),
+        rng=jax.random.PRNGKey(0),
+        frozen={},
+    )
 
 
 def test_grad_accumulation_equals_one_big_batch():
     c = tiny_config("llama")
     model = build_model(c)
     tx, sched = make_optimizer(c)
-    batch = {k: jnp.asarray(v) for k, v in
-             random_batch(np.random.default_rng(0), 8, 32, 128, 3).items()}
+    batch = {
+        k: jnp.asarray(v) for k, v in random_batch(np.random.default_rng(0), 8, 32, 128, 3).items()
+    }
     batch["loss_mask"] = batch["loss_mask"].at[:3, 20:].set(0)  # unequal token counts per micro
     loss_fn = objectives.get("clm")(c, model)
     s1, m1 = jax.jit(make_train_step(loss_fn, tx, sched, 1))(_state(c, model, tx), batch)
@@ -143,8 +174,9 @@ def test_nonfinite_update_is_skipped_and_counted():
         return loss * jnp.where(batch["poison"][0, 0] > 0, jnp.nan, 1.0), metrics
 
     step = jax.jit(make_train_step(poisoned, tx, sched))
-    batch = {k: jnp.asarray(v) for k, v in
-             random_batch(np.random.default_rng(0), 8, 32, 128).items()}
+    batch = {
+        k: jnp.asarray(v) for k, v in random_batch(np.random.default_rng(0), 8, 32, 128).items()
+    }
     state = _state(c, model, tx)
     state, _ = step(state, {**batch, "poison": jnp.zeros((8, 32), jnp.int32)})
     before = jax.tree.map(np.asarray, state.params)

@@ -28,5 +28,12 @@ def build_model(config, deterministic: bool = True):
     return arch(cfg, deterministic=deterministic)
 
 
-__all__ = ["ARCHS", "Decoder", "ModelConfig", "attention_mask", "build_model", "cache_mask",
-           "init_cache"]
+__all__ = [
+    "ARCHS",
+    "Decoder",
+    "ModelConfig",
+    "attention_mask",
+    "build_model",
+    "cache_mask",
+    "init_cache",
+]

@@ -41,8 +41,9 @@ def _grads(loss_fn, params, batch, rng, frozen, accum_steps: int):
         mb, i = xs
         # Slices of the scanned input lose their sharding; restore the batch split so the
         # partitioner does not replicate the micro-batch (and the embedding gather) in full.
-        mb = jax.tree.map(lambda x: nn.with_logical_constraint(x, ("batch",) + (None,) *
-                                                               (x.ndim - 1)), mb)
+        mb = jax.tree.map(
+            lambda x: nn.with_logical_constraint(x, ("batch",) + (None,) * (x.ndim - 1)), mb
+        )
         (loss, metrics), grads = grad_fn(params, mb, jax.random.fold_in(rng, i), frozen)
         w = metrics.get("num_tokens", jnp.float32(1.0))
         acc_g, acc_l, acc_m, acc_w = carry
