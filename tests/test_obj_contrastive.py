@@ -165,6 +165,7 @@ def clip_params():
     return _params(build_model(_config("clip")), 16)
 
 
+@pytest.mark.quick_compile  # a few steps: compile time dominates
 @pytest.mark.parametrize("name", ["clip", "siglip"])
 def test_image_text_loss_on_222_mesh_equals_single_device_and_numpy(name, clip_params):
     """The [B, C] similarities span the global batch: sharding the batch 4 ways over (data,
@@ -233,6 +234,7 @@ def test_simcse_loss_matches_numpy(simcse_params):
     np.testing.assert_allclose(loss, expected, rtol=1e-5)
 
 
+@pytest.mark.quick_compile  # a few steps: compile time dominates
 def test_simcse_loss_on_222_mesh_equals_single_device(simcse_params):
     """With dropout on: the two views' masks must not depend on the sharding either."""
     c = _config("simcse", *SIMCSE_SMALL, "objective.temperature=0.5")  # loss O(1), as above

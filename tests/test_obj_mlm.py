@@ -198,6 +198,7 @@ def test_mlm_needs_its_fields_and_the_decoder():
         objectives.build(c, build_model(c))
 
 
+@pytest.mark.quick_compile  # a few steps: compile time dominates
 def test_mlm_loss_on_222_mesh_equals_single_device():
     c = objective_config("mlm", family="gpt2")
     c.objective.mask_rate = 0.3

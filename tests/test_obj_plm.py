@@ -172,6 +172,7 @@ def test_plm_config_errors_name_the_field():
         objectives.build(c, build_model(c))
 
 
+@pytest.mark.quick_compile  # a few steps: compile time dominates
 def test_plm_loss_on_222_mesh_equals_single_device():
     c = objective_config("plm")
     c.objective.prediction_k = 2

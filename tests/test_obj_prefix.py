@@ -138,6 +138,7 @@ def test_prefix_config_errors_name_the_field():
         objectives.build(c, build_model(c))
 
 
+@pytest.mark.quick_compile  # a few steps: compile time dominates
 def test_prefix_loss_on_222_mesh_equals_single_device():
     # The "lm" task; "span" shares its corruption with objectives/span.py, tested there.
     c = objective_config("prefix_lm")

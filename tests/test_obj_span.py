@@ -99,6 +99,7 @@ def _span_batch():
     return batch
 
 
+@pytest.mark.quick_compile  # one forward: compile time dominates
 def test_span_loss_matches_numpy():
     c = objective_config("span")
     model, params = init_params(c)
@@ -165,6 +166,7 @@ def test_span_config_errors_name_the_field():
         objectives.build(c, build_model(c))
 
 
+@pytest.mark.quick_compile  # a few steps: compile time dominates
 def test_span_loss_on_222_mesh_equals_single_device():
     c = objective_config("span")
     assert_sharded_equals_single(c, random_batch(np.random.default_rng(0), 8, 32, 128, 3))

@@ -40,18 +40,21 @@ def test_kv_cache_decoding_equals_full_forward(family):
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
 
 
+@pytest.mark.quick_compile  # one compile per length
 def test_greedy_equals_argmax_of_full_forward_and_stops_at_eos():
     c = tiny_config("llama")
     model = build_model(c)
     params = jax.tree.map(lambda x: x * 8 if x.ndim > 1 else x, init_params(model, seed=3))
     prompt = [7, 8, 9]
     seq = list(prompt)
+    # Jitted: eagerly, the scanned model dispatches (and compiles) op by op at every length.
+    forward = jax.jit(
+        lambda x: model.apply(
+            {"params": params}, x, jnp.arange(x.shape[1])[None], attention_mask(jnp.ones_like(x))
+        )[0]
+    )
     for _ in range(6):  # reference: greedy by recomputing everything each step
-        x = jnp.asarray(seq)[None]
-        logits, _ = model.apply(
-            {"params": params}, x, jnp.arange(len(seq))[None], attention_mask(jnp.ones_like(x))
-        )
-        seq.append(int(jnp.argmax(logits[0, -1])))
+        seq.append(int(jnp.argmax(forward(jnp.asarray(seq)[None])[0, -1])))
     ref = seq[len(prompt) :]
     (out,) = generate(
         model,
