@@ -10,6 +10,7 @@ from llmos_jax.sampling import SampleOptions, generate, sample_logits
 from tests.helpers import init_params, tiny_config
 
 
+@pytest.mark.quick_compile  # a dozen decode steps: compile time dominates
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_kv_cache_decoding_equals_full_forward(family):
     c = tiny_config(family)
@@ -27,14 +28,13 @@ def test_kv_cache_decoding_equals_full_forward(family):
         return_logits=True,
     )
     assert any(len(o) > 4 for o in outs)
+    forward = jax.jit(  # eagerly, the scanned model would dispatch op by op
+        lambda x: model.apply(
+            {"params": params}, x, jnp.arange(x.shape[1])[None], attention_mask(jnp.ones_like(x))
+        )[0]
+    )
     for i, (prompt, out) in enumerate(zip(prompts, outs)):
-        full = jnp.asarray(prompt + out)[None]
-        ref, _ = model.apply(
-            {"params": params},
-            full,
-            jnp.arange(full.shape[1])[None],
-            attention_mask(jnp.ones_like(full)),
-        )
+        ref = forward(jnp.asarray(prompt + out)[None])
         ref = np.asarray(ref[0, len(prompt) - 1 : len(prompt) - 1 + len(out)])
         got = step_logits[i, : len(out)]
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())

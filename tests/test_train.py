@@ -33,7 +33,9 @@ SHORT = [
 ]
 
 
-@pytest.fixture(scope="module")
+# Session scope: xdist runs the two tests of the group on one worker, but not always one after
+# the other, and a module-scoped fixture would be torn down and trained again in between.
+@pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("run"))
     config = load_config(TINY, SHORT)
@@ -147,6 +149,7 @@ def _state(c, model, tx):
     )
 
 
+@pytest.mark.quick_compile  # a few steps: compile time dominates
 def test_grad_accumulation_equals_one_big_batch():
     c = tiny_config("llama")
     model = build_model(c)
@@ -163,6 +166,7 @@ def test_grad_accumulation_equals_one_big_batch():
     assert float(m4["train/grad_norm"]) == pytest.approx(float(m1["train/grad_norm"]), rel=1e-4)
 
 
+@pytest.mark.quick_compile  # a few steps: compile time dominates
 def test_nonfinite_update_is_skipped_and_counted():
     c = tiny_config("llama")
     model = build_model(c)
@@ -189,6 +193,7 @@ def test_nonfinite_update_is_skipped_and_counted():
     assert int(m["train/nonfinite_streak"]) == 0 and int(state.step) == 4
 
 
+@pytest.mark.quick_compile  # a few steps: compile time dominates
 def test_loop_stops_after_too_many_nonfinite_updates(tmp_path, monkeypatch):
     c = tiny_config("llama")
     c.data.seq_len, c.model.vocab_size = 32, 1024
