@@ -9,8 +9,8 @@ the run directory.
 
 Fields you will most often change: train.steps, train.global_batch_size, data.seq_len, mesh.*,
 optim.lr / optim.warmup_steps / optim.decay, train.eval_every, train.checkpoint_every, seed.
-Expected result (measured with `make demo` on a quiet 2-core AMD EPYC, 300 steps, ~6m45s after
-the install, ~1.7k tokens/s): held-out loss 3.706, perplexity 40.7 over 15,509 held-out tokens,
+Expected result (measured with `make demo` on a quiet 2-core AMD EPYC, 300 steps, 6m42s after
+the install, ~1.6k tokens/s): held-out loss 3.706, perplexity 40.7 over 15,509 held-out tokens,
 against 426.8 for the unigram baseline (10.5x lower); final train loss ~2.97.
 """
 
