@@ -203,14 +203,19 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def write_text_atomic(path: epath.Path, text: str) -> None:
+def write_atomic(path: epath.Path, data: str | bytes) -> None:
     """A reader never sees a half-written file: a local file is written aside and renamed into
-    place; an object store (gs://) makes each object visible only once complete anyway."""
+    place; an object store (gs://) makes each object visible only once complete anyway.
+
+    os.replace, not epath's rename: that refuses an existing destination, and hosts sharing a
+    workdir write the same files (a tokenizer each host trained; seen as a multi-host failure).
+    """
+    write = "write_bytes" if isinstance(data, bytes) else "write_text"
     if "://" in str(path):
-        path.write_text(text)
+        getattr(path, write)(data)
         return
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
-    tmp.write_text(text)
+    getattr(tmp, write)(data)
     os.replace(tmp, path)
 
 
@@ -222,11 +227,11 @@ def write_run_files(workdir: str, config, tokenizer, record: dict[str, Any]) -> 
         return
     path = epath.Path(workdir)
     path.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path / CONFIG_FILE, to_json(config))
+    write_atomic(path / CONFIG_FILE, to_json(config))
     if hasattr(tokenizer, "save") and not (path / TOKENIZER_FILE).exists():
         # A tokenizer given by data.tokenizer.path lives elsewhere: keep a copy with the run.
         tokenizer.save(path / TOKENIZER_FILE)
-    write_text_atomic(path / PROVENANCE_FILE, json.dumps(record, indent=2, sort_keys=True))
+    write_atomic(path / PROVENANCE_FILE, json.dumps(record, indent=2, sort_keys=True))
 
 
 def read_json(path: epath.Path) -> dict[str, Any] | None:

@@ -86,7 +86,10 @@ def test_shipped_configs_load_and_validate(name):
     c = load_config(str(ROOT / "configs" / "clm" / name))
     # Presets are validated against the device counts they are written for.
     devices = 1 if name.startswith(("tiny", "llama_125m", "gpt2")) else 8
-    validate(c, num_devices=devices)
+    validate(c, num_devices=devices)  # raises ConfigError naming the field if a preset is wrong
+    sizes = mesh_shape(c, devices)
+    assert sizes["data"] * sizes["fsdp"] * sizes["tensor"] == devices
+    assert c.train.global_batch_size % (sizes["data"] * sizes["fsdp"]) == 0
 
 
 def test_config_file_argument_selects_variant():

@@ -10,6 +10,16 @@ from llmos_jax.sampling import SampleOptions, generate, sample_logits
 from tests.helpers import init_params, tiny_config
 
 
+def _full_forward(model, params):
+    """Logits of a whole [1, T] sequence, recomputed without a cache: the reference. Jitted:
+    eagerly, the scanned model dispatches (and compiles) op by op at every length."""
+    return jax.jit(
+        lambda x: model.apply(
+            {"params": params}, x, jnp.arange(x.shape[1])[None], attention_mask(jnp.ones_like(x))
+        )[0]
+    )
+
+
 @pytest.mark.quick_compile  # a dozen decode steps: compile time dominates
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_kv_cache_decoding_equals_full_forward(family):
@@ -28,11 +38,7 @@ def test_kv_cache_decoding_equals_full_forward(family):
         return_logits=True,
     )
     assert any(len(o) > 4 for o in outs)
-    forward = jax.jit(  # eagerly, the scanned model would dispatch op by op
-        lambda x: model.apply(
-            {"params": params}, x, jnp.arange(x.shape[1])[None], attention_mask(jnp.ones_like(x))
-        )[0]
-    )
+    forward = _full_forward(model, params)
     for i, (prompt, out) in enumerate(zip(prompts, outs)):
         ref = forward(jnp.asarray(prompt + out)[None])
         ref = np.asarray(ref[0, len(prompt) - 1 : len(prompt) - 1 + len(out)])
@@ -47,12 +53,7 @@ def test_greedy_equals_argmax_of_full_forward_and_stops_at_eos():
     params = jax.tree.map(lambda x: x * 8 if x.ndim > 1 else x, init_params(model, seed=3))
     prompt = [7, 8, 9]
     seq = list(prompt)
-    # Jitted: eagerly, the scanned model dispatches (and compiles) op by op at every length.
-    forward = jax.jit(
-        lambda x: model.apply(
-            {"params": params}, x, jnp.arange(x.shape[1])[None], attention_mask(jnp.ones_like(x))
-        )[0]
-    )
+    forward = _full_forward(model, params)
     for _ in range(6):  # reference: greedy by recomputing everything each step
         seq.append(int(jnp.argmax(forward(jnp.asarray(seq)[None])[0, -1])))
     ref = seq[len(prompt) :]

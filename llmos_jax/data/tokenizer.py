@@ -25,7 +25,6 @@ import hashlib
 import io
 import logging
 import os
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
 
 import sentencepiece as spm
@@ -98,16 +97,11 @@ class Tokenizer:
         """Writes the model atomically (hosts sharing a workdir may write the same file)."""
         from etils import epath  # Also handles gs:// workdirs.
 
+        from llmos_jax.provenance import write_atomic
+
         path = epath.Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        if "://" in str(path):  # An object store shows an object only once it is complete.
-            path.write_bytes(self._proto)
-            return
-        tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
-        tmp.write_bytes(self._proto)
-        # os.replace, not epath's rename: that refuses an existing destination, and two hosts
-        # that trained the same tokenizer both write it (seen as a multi-host CI failure).
-        os.replace(tmp, path)
+        write_atomic(path, self._proto)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Tokenizer:
