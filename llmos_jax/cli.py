@@ -189,6 +189,10 @@ def main(argv: list[str] | None = None) -> int:
         import jax
 
         jax.distributed.initialize()
+    if args.command in ("train", "demo", "eval", "generate", "serve", "chat"):
+        from llmos_jax.host_memory import tune_malloc_for_cpu
+
+        tune_malloc_for_cpu()  # XLA's CPU temporaries: no page faults on every call
     try:
         if args.command in ("train", "demo"):
             from llmos_jax.train.loop import train

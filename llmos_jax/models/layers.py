@@ -163,15 +163,45 @@ def _write_cache(cache: jax.Array, new: jax.Array, cache_index) -> jax.Array:
     return jax.vmap(row)(cache, new, cache_index)
 
 
+def _attend_appended(q, k_new, v_new, cache, mask) -> jax.Array:
+    """Queries q [B, T, N, H] over a read-only cache and the T new keys / values [B, T, K, H].
+
+    The cache (k, v: [B', S', K, H]) may hold more rows and positions than are live: only its
+    first B rows and its first S = mask.shape[-1] positions are read, `mask` [B, 1, T, S] saying
+    which of them each query sees; the new keys are causal among themselves. Nothing the size of
+    the cache is written, so a serving step over many slots moves no more memory than it reads
+    (writing the cache back, as the plain path does, copied it several times per step).
+    """
+    b, t, n, h = q.shape
+    kv_heads, s = k_new.shape[2], mask.shape[-1]
+    ck, cv = (c[:b, :s].astype(q.dtype) for c in cache)
+    qg = q.reshape(b, t, kv_heads, n // kv_heads, h) * jnp.asarray(h**-0.5, q.dtype)
+    old = jnp.einsum("BTKGH,BSKH->BKGTS", qg, ck, preferred_element_type=jnp.float32)
+    new = jnp.einsum("BTKGH,BUKH->BKGTU", qg, k_new, preferred_element_type=jnp.float32)
+    lowest = jnp.finfo(jnp.float32).min
+    old = jnp.where(mask[:, :, None], old, lowest)  # [B, 1, 1, T, S] over the K, G axes
+    new = jnp.where(jnp.tril(jnp.ones((t, t), bool)), new, lowest)
+    probs = jax.nn.softmax(jnp.concatenate([old, new], axis=-1), axis=-1).astype(q.dtype)
+    out = jnp.einsum("BKGTS,BSKH->BTKGH", probs[..., :s], cv) + jnp.einsum(
+        "BKGTU,BUKH->BTKGH", probs[..., s:], v_new
+    )
+    return out.reshape(b, t, n, h)
+
+
 class Attention(nn.Module):
     """Multi-head / grouped-query attention, optionally reading and writing a KV cache.
 
     With a cache (k, v: [B, S, K, H]) the new keys and values are written at `cache_index` (a
     scalar, or [B] for a slot per row) and the queries attend over the whole cache; `mask`
     [B, 1, T, S] says which slots each query may see.
+
+    `append_kv`: the cache is read-only (see `_attend_appended`; cache_index is unused) and the
+    layer returns the new (k, v) [B, T, K, H] in its place, for the caller to write where it wants
+    (the serving engine scatters one token per slot into its slot cache).
     """
 
     cfg: ModelConfig
+    append_kv: bool = False
 
     @nn.compact
     def __call__(self, x, positions, mask, cache=None, cache_index=None, deterministic=True):
@@ -210,16 +240,20 @@ class Attention(nn.Module):
             q = rope(q, positions, c.rope_theta)
             key = rope(key, positions, c.rope_theta)
         new_cache = None
-        if cache is not None:
+        if cache is not None and self.append_kv:
+            out = _attend_appended(q, key, v, cache, mask)
+            new_cache = (key.astype(cache[0].dtype), v.astype(cache[1].dtype))
+        elif cache is not None:
             ck, cv = cache
             ck = _write_cache(ck, key.astype(ck.dtype), cache_index)
             cv = _write_cache(cv, v.astype(cv.dtype), cache_index)
             new_cache = (ck, cv)
             key, v = ck.astype(q.dtype), cv.astype(q.dtype)
-        impl = None if c.attention_impl == "auto" else c.attention_impl
-        # jax.nn.dot_product_attention broadcasts K kv heads over N query heads (GQA) and picks the
-        # cuDNN flash kernel on GPU when the shapes allow it.
-        out = jax.nn.dot_product_attention(q, key, v, mask=mask, implementation=impl)
+        if not (cache is not None and self.append_kv):
+            impl = None if c.attention_impl == "auto" else c.attention_impl
+            # jax.nn.dot_product_attention broadcasts K kv heads over N query heads (GQA) and
+            # picks the cuDNN flash kernel on GPU when the shapes allow it.
+            out = jax.nn.dot_product_attention(q, key, v, mask=mask, implementation=impl)
         out = Einsum(
             (n, h, d),
             ("heads", "head_dim", "embed"),
@@ -269,6 +303,7 @@ class Block(nn.Module):
 
     cfg: ModelConfig
     deterministic: bool = True
+    append_kv: bool = False  # see Attention
 
     @nn.compact
     def __call__(self, x, positions, mask, cache=None, cache_index=None):
@@ -278,7 +313,7 @@ class Block(nn.Module):
         x = nn.with_logical_constraint(
             x, ("activation_batch", "activation_length", "activation_embed")
         )
-        h, new_cache = Attention(c, name="attn")(
+        h, new_cache = Attention(c, self.append_kv, name="attn")(
             Norm(**norm, name="attn_norm")(x), positions, mask, cache, cache_index, deterministic
         )
         x = x + h

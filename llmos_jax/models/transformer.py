@@ -51,6 +51,9 @@ class Decoder(nn.Module):
 
     cfg: ModelConfig
     deterministic: bool = True
+    # With a cache: read it only, and return the new keys / values [L, B, T, K, H] in its place
+    # (see layers.Attention); the serving engine writes them into its slots itself.
+    append_kv: bool = False
 
     def init_args(self, seq_len: int) -> tuple:
         """Dummy (tokens, positions, mask) for `init`: shapes only matter, not values."""
@@ -104,14 +107,14 @@ class Decoder(nn.Module):
                 length=c.n_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
-            x, new_cache = stack(c, self.deterministic, name="layers")(
+            x, new_cache = stack(c, self.deterministic, self.append_kv, name="layers")(
                 x, positions, mask, cache, cache_index
             )
         else:
             caches = []
             for i in range(c.n_layers):
                 layer_cache = None if cache is None else (cache[0][i], cache[1][i])
-                x, lc = block(c, self.deterministic, name=f"layers_{i}")(
+                x, lc = block(c, self.deterministic, self.append_kv, name=f"layers_{i}")(
                     x, positions, mask, layer_cache, cache_index
                 )
                 caches.append(lc)

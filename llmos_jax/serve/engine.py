@@ -164,7 +164,9 @@ class Engine:
 
     def __init__(self, model, params, tokenizer, config: EngineConfig = EngineConfig()):
         cfg = model.cfg
-        self.model, self.tokenizer, self.config = model, tokenizer, config
+        # The same Decoder, reading its cache and returning new keys (see steps.py).
+        self.model = model.clone(append_kv=True)
+        self.tokenizer, self.config = tokenizer, config
         self.max_len = min(config.max_len or cfg.max_len, cfg.max_len)
         self.max_n = config.max_n or config.max_batch
         if not 1 <= self.max_n <= config.max_batch:
@@ -312,30 +314,41 @@ class Engine:
 
     def _prefill(self, seqs: list[_Seq]) -> None:
         """Writes prompt[:-1] of each new sequence into its slot (the last prompt token is the
-        first decode step's input), one sequence at a time at a bucketed length: on CPU a
-        batch of prompts costs the same FLOPs, and one row keeps the compiled variants few."""
+        first decode step's input): all of them in one call, rows and length bucketed (padding
+        rows write nowhere), so a crowd of arrivals costs one prefill, not one each."""
+        todo = [q for q in seqs if q.length > 0]
+        info = None
+        if todo:
+            rows = _bucket(len(todo), 1, self.config.max_batch)
+            p_len = _bucket(max(q.length for q in todo), self.config.min_bucket, self.max_len)
+            tokens = np.zeros((rows, p_len), np.int32)
+            targets = np.zeros((rows, p_len), np.int32)
+            slots = np.full(rows, self.config.max_batch, np.int32)  # out of range: dropped
+            for r, q in enumerate(todo):
+                prompt = q.req.prompt
+                tokens[r, : q.length], targets[r, : q.length] = prompt[:-1], prompt[1:]
+                slots[r] = q.slot
+            want_any = any(self._prompt_logprobs(q) is not None for q in todo)
+            self._cache, info = steps.prefill(
+                self.model,
+                self.params,
+                self._cache,
+                jnp.asarray(tokens),
+                jnp.asarray(targets),
+                jnp.asarray(slots),
+                with_logprobs=want_any,
+            )
+            info = None if info is None else [np.asarray(x) for x in info]
+            self.stats["prefills"] += 1
+            self.stats["prefill_rows"] += len(todo)
+        row = {id(q): r for r, q in enumerate(todo)}
         for q in seqs:
-            prompt, want = q.req.prompt, q.req.params.prompt_logprobs
-            want = want if q.index == 0 else None  # the choices of a request share the prompt
-            if q.length > 0:
-                p_len = _bucket(q.length, self.config.min_bucket, self.max_len)
-                tokens = np.zeros((1, p_len), np.int32)
-                targets = np.zeros((1, p_len), np.int32)
-                tokens[0, : q.length], targets[0, : q.length] = prompt[:-1], prompt[1:]
-                self._cache, info = steps.prefill(
-                    self.model,
-                    self.params,
-                    self._cache,
-                    jnp.asarray(tokens),
-                    jnp.asarray(targets),
-                    jnp.asarray([q.slot], jnp.int32),
-                    with_logprobs=want is not None,
-                )
-                self.stats["prefills"] += 1
+            want = self._prompt_logprobs(q)
             if want is not None:
+                prompt = q.req.prompt
                 entries = [(prompt[0], None, None)]  # the first token has nothing before it
                 if q.length > 0:
-                    chosen, top_ids, top_lp = (np.asarray(x)[0] for x in info)
+                    chosen, top_ids, top_lp = (x[row[id(q)]] for x in info)
                     entries += [
                         _entry(prompt[t + 1], chosen[t], top_ids[t], top_lp[t], want)
                         for t in range(q.length)
@@ -344,9 +357,15 @@ class Engine:
             if q.req.params.max_tokens == 0:
                 self._finish(q, "length", [])
 
+    @staticmethod
+    def _prompt_logprobs(q: _Seq) -> int | None:
+        """k when q's request wants prompt logprobs and q sends them (its first choice only:
+        the choices of a request share the prompt)."""
+        return q.req.params.prompt_logprobs if q.index == 0 else None
+
     def _decode(self) -> None:
         live = [q for q in self._slots if q is not None]
-        s = _bucket(max(q.slot for q in live) + 1, 1, self.config.max_batch, factor=4)
+        s = _bucket(max(q.slot for q in live) + 1, 1, self.config.max_batch)
         tokens, lengths, choices, n_steps, top_k = (np.zeros(s, np.int32) for _ in range(5))
         seeds, temp, top_p = np.zeros(s, np.uint32), np.zeros(s, np.float32), np.ones(s, np.float32)
         for q in live:

@@ -3,8 +3,14 @@
 S slots each hold one independent sequence; slot s has its own length, so every row reads and
 writes the cache at its own index (the model's vector `cache_index`).
 
-* `prefill`: R new prompts [R, P] (right-padded to a bucketed length) run through the model with a
-  fresh [L, R, P, K, H] cache, which is then scattered into the slots named by `slots` [R].
+The model runs in its append mode (`Decoder(append_kv=True)`): it reads the cache, never writes
+it, and returns each layer's new keys and values, which are scattered into the slot cache in
+place (it is donated). Writing through the model instead copied the active part of the cache
+several times per step (slice out, per-layer update, stacked scan outputs, write back), which on
+a CPU cost more than the model itself.
+
+* `prefill`: R new prompts [R, P] (right-padded to a bucketed length) run through the model with
+  nothing cached; their keys and values go to positions [0, P) of the slots named by `slots` [R].
   Only the hidden states are computed unless prompt logprobs are wanted: the vocabulary
   projection is most of a small model.
 * `decode`: one token for each of the first S' slots, with its logprobs: attends over the first
@@ -26,7 +32,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from llmos_jax.models import cache_mask, init_cache
+from llmos_jax.models import cache_mask
 from llmos_jax.sampling import filter_logits
 
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit for top_logprobs
@@ -50,21 +56,27 @@ def _logprobs(logits: jax.Array, targets: jax.Array):
     return chosen, top_ids.astype(jnp.int32), top_lp
 
 
+def _check_append(model) -> None:
+    if not getattr(model, "append_kv", False):
+        raise ValueError("the serving steps need the model in append mode: model.clone(append_kv=True)")
+
+
 @functools.partial(jax.jit, static_argnames=("model", "with_logprobs"), donate_argnums=(2,))
 def prefill(model, params, cache, tokens, targets, slots, *, with_logprobs: bool):
     """Writes prompts tokens [R, P] into the slots [R] of cache; returns (cache, logprob info).
 
+    A slot index out of range (>= S) marks a padding row: its keys and values are dropped.
     targets [R, P]: the token after each position (for prompt logprobs; ignored otherwise).
     """
+    _check_append(model)
     r, p = tokens.shape
-    small = init_cache(model.cfg, r, p, dtype=cache[0].dtype)
     positions = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (r, p))
-    mask = cache_mask(jnp.ones((r, p), bool), 0, p)
-    hidden, small = model.apply(
-        {"params": params}, tokens, positions, mask, small, 0, return_hidden=True
+    nothing_cached = jnp.zeros((r, 1, p, 0), bool)  # the prompt attends (causally) to itself only
+    hidden, new = model.apply(
+        {"params": params}, tokens, positions, nothing_cached, cache, 0, return_hidden=True
     )
-    # [L, S, M, K, H].at[:, slots, :P] <- [L, R, P, K, H]
-    cache = tuple(c.at[:, slots, :p].set(n) for c, n in zip(cache, small))
+    # [L, S, M, K, H].at[:, slots, :P] <- [L, R, P, K, H]; padding rows name slot S: dropped.
+    cache = tuple(c.at[:, slots, :p].set(n, mode="drop") for c, n in zip(cache, new))
     info = _logprobs(_head(model, params, hidden), targets) if with_logprobs else None
     return cache, info
 
@@ -117,13 +129,16 @@ def decode(
     always computed: next to a decode step they cost little, and one compiled variant per
     kv_len instead of two halves the compile time.
     """
+    _check_append(model)
     s = tokens.shape[0]  # the first s slots: the others are idle
-    view = tuple(c[:, :s, :kv_len] for c in cache)
-    mask = cache_mask(jnp.ones((s, kv_len), bool), lengths, 1)
-    logits, view = model.apply(
-        {"params": params}, tokens[:, None], lengths[:, None], mask, view, lengths
+    # Cached positions < length; the token fed now (at `length`) sees itself as a new key.
+    mask = cache_mask(jnp.ones((s, kv_len), bool), lengths - 1, 1)
+    logits, new = model.apply(
+        {"params": params}, tokens[:, None], lengths[:, None], mask, cache, lengths
     )
-    cache = tuple(jax.lax.dynamic_update_slice(c, v, (0,) * c.ndim) for c, v in zip(cache, view))
+    rows = jnp.arange(s)
+    # [L, S, M, K, H].at[:, row, lengths[row]] <- [L, S', K, H]: in place, the cache is donated.
+    cache = tuple(c.at[:, rows, lengths].set(n[:, :, 0]) for c, n in zip(cache, new))
     logits = logits[:, 0]
     keys = jax.vmap(
         lambda seed, choice, step: jax.random.fold_in(
