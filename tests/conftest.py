@@ -22,6 +22,11 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
         os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
     ).strip()
 os.environ.setdefault("WANDB_MODE", "disabled")
+# glibc keeps freed heap instead of page-faulting XLA's temporaries back in on every call, as the
+# `llmos` commands do (llmos_jax/host_memory.py); imports no jax.
+from llmos_jax.host_memory import tune_malloc_for_cpu  # noqa: E402
+
+tune_malloc_for_cpu("cpu")
 # Set in the controller before the workers start, so all of them see the same directory; the
 # process that made it removes it at exit.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:

@@ -118,3 +118,58 @@ def test_prompt_too_long_for_learned_positions_is_a_clear_error():
             rng=jax.random.PRNGKey(0),
             options=SampleOptions(max_new_tokens=10),
         )
+
+
+@pytest.mark.quick_compile
+@pytest.mark.parametrize("family", ["llama", "gpt2"])  # llama: grouped-query attention
+def test_serving_steps_equal_full_forward(family):
+    """The serving engine's path: the model in append mode (cache read-only, new keys
+    scattered into slots), two prompts prefilled in one call with a padding row, then greedy
+    decode steps with each slot at its own length; logprobs against the full forward pass."""
+    from llmos_jax.models import init_cache
+    from llmos_jax.serve import steps
+
+    c = tiny_config(family)
+    model = build_model(c)
+    params = jax.tree.map(lambda x: x * 8 if x.ndim > 1 else x, init_params(model, seed=5))
+    engine_model = model.clone(append_kv=True)
+    prompts = {2: [5, 6, 7, 8, 9, 10, 11], 0: [12, 13, 14]}  # slot -> prompt
+    cache = init_cache(engine_model.cfg, 4, 32)
+    tokens = np.zeros((4, 16), np.int32)
+    slots = np.full(4, 4, np.int32)  # rows 2, 3: padding (slot 4 is out of range)
+    for r, (slot, p) in enumerate(prompts.items()):
+        tokens[r, : len(p) - 1], slots[r] = p[:-1], slot
+    cache, _ = steps.prefill(
+        engine_model, params, cache, tokens, tokens, slots, with_logprobs=False
+    )
+    seqs = {slot: list(p) for slot, p in prompts.items()}
+    forward = _full_forward(model, params)
+    for _ in range(5):
+        last = np.zeros(4, np.int32)
+        lengths = np.zeros(4, np.int32)
+        for slot, seq in seqs.items():
+            last[slot], lengths[slot] = seq[-1], len(seq) - 1
+        zeros = np.zeros(4, np.int32)
+        cache, nxt, (chosen, top_ids, top_lp) = steps.decode(
+            engine_model,
+            params,
+            cache,
+            last,
+            lengths,
+            zeros.astype(np.uint32),
+            zeros,
+            zeros,
+            np.zeros(4, np.float32),  # greedy
+            zeros,
+            np.ones(4, np.float32),
+            kv_len=16,
+            filtering=False,
+        )
+        for slot, seq in seqs.items():
+            ref = jax.nn.log_softmax(forward(jnp.asarray(seq)[None])[0, -1])
+            assert int(nxt[slot]) == int(jnp.argmax(ref))
+            np.testing.assert_allclose(float(chosen[slot]), float(ref.max()), atol=1e-4)
+            np.testing.assert_allclose(
+                np.asarray(top_lp[slot]), np.sort(np.asarray(ref))[::-1][:20], atol=1e-4
+            )
+            seq.append(int(nxt[slot]))
