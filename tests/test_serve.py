@@ -28,6 +28,9 @@ def served(tmp_path_factory):
     path = tmp_path_factory.mktemp("gpt2")
     hf_model, hf_tok = H.save_gpt2_dir(path)
     engine, template = H.build_engine(path)
+    # What `llmos serve` does first; every test below then also checks it leaves the slots as
+    # they were. Slot buckets 1, 2, 4: a prefill and a decode program each.
+    assert engine.precompile() == 6
     engine.start()
     yield create_app(engine, template, H.MODEL), engine, template, hf_model, hf_tok
     engine.stop()

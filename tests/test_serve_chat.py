@@ -255,7 +255,7 @@ def test_inverse_cdf_sampling_matches_the_distribution(filtering):
 
 def test_updates_that_pile_up_arrive_merged():
     """A consumer that fell behind gets one update saying what the queued ones said, in order."""
-    from llmos_jax.serve.engine import Delta, RequestHandle, Update
+    from llmos_jax.serve.requests import Delta, RequestHandle, Update
 
     async def go():
         handle = RequestHandle([1], SamplingParams(), 2, asyncio.get_running_loop())

@@ -95,6 +95,11 @@ def parse_args(argv=None):
         help=f"in-script library change for every one of our rows: {', '.join(VARIANTS)}",
     )
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference row")
+    p.add_argument(
+        "--no-malloc-tuning",
+        action="store_true",
+        help="keep glibc's malloc defaults (llmos_jax/host_memory.py; both rows share them)",
+    )
     p.add_argument("--torch-threads", type=int, default=0, help="default: the cores available")
     p.add_argument(
         "--quiet-below",
@@ -132,6 +137,11 @@ def main(argv=None) -> int:
 
     backend = jax.default_backend()
     on_cpu = backend == "cpu"
+    # As `llmos train` does (llmos_jax/host_memory.py); process-wide, so PyTorch's row gets it too.
+    if not args.no_malloc_tuning:
+        from llmos_jax.host_memory import tune_malloc_for_cpu
+
+        tune_malloc_for_cpu(backend)
     n_dev = args.devices or (1 if on_cpu else len(jax.devices()))
     devices = jax.devices()[:n_dev]
 

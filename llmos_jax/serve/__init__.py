@@ -1,6 +1,7 @@
 """Serving: an OpenAI-compatible HTTP server and a terminal chat over a continuous-batching engine.
 
-* `engine`: `Engine` (slots, KV cache, scheduler thread), `SamplingParams`, `RequestHandle`.
+* `engine`: `Engine` (slots, KV cache, scheduler thread).
+* `requests`: `SamplingParams`, `RequestHandle`, `Update` / `Delta`, `QueueFull`.
 * `steps`: the engine's jitted prefill and decode step.
 * `chat_template`: messages -> prompt ids through the model's Jinja template (or a default).
 * `api` / `routes` / `protocol`: the FastAPI app (`create_app`), its routes and request models.
@@ -16,9 +17,9 @@ _EXPORTS = {
     "ChatTemplate": "chat_template",
     "Engine": "engine",
     "EngineConfig": "engine",
-    "QueueFull": "engine",
-    "RequestHandle": "engine",
-    "SamplingParams": "engine",
+    "QueueFull": "requests",
+    "RequestHandle": "requests",
+    "SamplingParams": "requests",
     "create_app": "api",
 }
 

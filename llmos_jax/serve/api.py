@@ -20,7 +20,8 @@ from fastapi.responses import JSONResponse
 
 from llmos_jax.serve import protocol as P
 from llmos_jax.serve.chat_template import ChatTemplate
-from llmos_jax.serve.engine import Engine, QueueFull, RequestHandle, SamplingParams, Update
+from llmos_jax.serve.engine import Engine
+from llmos_jax.serve.requests import QueueFull, RequestHandle, SamplingParams, Update
 from llmos_jax.serve.text import token_text
 
 log = logging.getLogger(__name__)

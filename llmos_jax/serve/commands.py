@@ -77,9 +77,11 @@ def build(args, overrides: list[str]):
 
 
 def warmup(engine) -> None:
-    """Compiles the prefill and the first decode bucket before the first client waits on them."""
+    """Compiles prefill and decode for every batch bucket (Engine.precompile), then runs one
+    request end to end, before the first client waits on them."""
     from llmos_jax.serve import SamplingParams
 
+    engine.precompile()
     engine.start()
     bos = engine.tokenizer.bos_id
     handle = engine.submit([bos, bos], SamplingParams(max_tokens=2, temperature=0.0))

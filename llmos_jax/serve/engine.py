@@ -13,14 +13,11 @@ before `start()`.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import dataclasses
 import logging
-import queue
-import random
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -28,13 +25,16 @@ import numpy as np
 
 from llmos_jax.models import init_cache
 from llmos_jax.serve import steps
+from llmos_jax.serve.requests import (  # noqa: F401  (re-exported: the engine's API)
+    Delta,
+    QueueFull,
+    RequestHandle,
+    SamplingParams,
+    Update,
+)
 from llmos_jax.serve.text import Detokenizer
 
 log = logging.getLogger(__name__)
-
-
-class QueueFull(RuntimeError):
-    """The engine's request queue is at its bound (HTTP 429)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,102 +47,12 @@ class EngineConfig:
     max_prefill_tokens: int = 1024  # prompt tokens admitted between two decode steps (>= 1 req)
 
 
-@dataclasses.dataclass(frozen=True)
-class SamplingParams:
-    max_tokens: int = 16
-    temperature: float = 1.0  # 0 = greedy
-    top_p: float = 1.0
-    top_k: int = 0  # 0 = off
-    seed: int | None = None  # None: a fresh random seed per request
-    stop: tuple[str, ...] = ()  # generation ends before the first of these strings
-    logprobs: int | None = None  # None: no logprobs; k: the chosen token's and the top k
-    prompt_logprobs: int | None = None  # the same for the prompt tokens (completions' echo)
-    ignore_eos: bool = False  # keep going past EOS (benchmarks)
-
-
-@dataclasses.dataclass
-class Delta:
-    """What one choice produced since the last update."""
-
-    index: int
-    text: str
-    token_ids: list[int]
-    # One (token id, logprob, [(id, logprob), ...top]) per token, when logprobs were asked for.
-    logprobs: list[tuple[int, float, list[tuple[int, float]]]] | None
-    finish_reason: str | None = None  # "stop" | "length" once the choice is done
-
-
-@dataclasses.dataclass
-class Update:
-    deltas: list[Delta]
-    # Once, first, if asked for: per prompt token (id, logprob, top); (id, None, None) for the
-    # first token, which has nothing before it.
-    prompt_logprobs: list | None = None
-    done: bool = False  # every choice has finished
-    error: str | None = None
-
-
-def _merge(a: Update, b: Update) -> Update:
-    """One update saying what a, then b, said."""
-    merged = {d.index: dataclasses.replace(d, token_ids=list(d.token_ids)) for d in a.deltas}
-    for d in b.deltas:
-        m = merged.setdefault(d.index, dataclasses.replace(d, text="", token_ids=[], logprobs=None))
-        m.text += d.text
-        m.token_ids += d.token_ids
-        if d.logprobs is not None:
-            m.logprobs = [*(m.logprobs or []), *d.logprobs]
-        m.finish_reason = d.finish_reason or m.finish_reason
-    prompt = a.prompt_logprobs if a.prompt_logprobs is not None else b.prompt_logprobs
-    return Update(list(merged.values()), prompt, b.done, b.error or a.error)
-
-
 def _bucket(n: int, lo: int, hi: int, factor: int = 2) -> int:
     """The smallest lo * factor**k >= n, capped at hi: padded shapes, so few compiled variants."""
     b = lo
     while b < n:
         b *= factor
     return min(b, hi)
-
-
-class RequestHandle:
-    """One submitted request: its updates, in order, and a way to cancel it."""
-
-    def __init__(self, prompt: list[int], params: SamplingParams, n: int, loop):
-        self.prompt, self.params, self.n = prompt, params, n
-        self.seed = params.seed if params.seed is not None else random.getrandbits(31)
-        self.cancelled = False
-        self.completion_tokens = 0
-        self._loop = loop
-        self._async_q: asyncio.Queue | None = asyncio.Queue() if loop is not None else None
-        self._sync_q: queue.SimpleQueue | None = None if loop is not None else queue.SimpleQueue()
-
-    def cancel(self) -> None:
-        """Frees the request's slots at the engine's next iteration; no more updates come."""
-        self.cancelled = True
-
-    def _put(self, update: Update) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._async_q.put_nowait, update)
-        else:
-            self._sync_q.put(update)
-
-    async def updates(self) -> AsyncIterator[Update]:
-        """The updates in order; those that piled up while the consumer was busy (a slow client,
-        a loaded machine) come merged into one, so the consumer catches up in one message."""
-        while True:
-            update = await self._async_q.get()
-            while not (update.done or update.error) and not self._async_q.empty():
-                update = _merge(update, self._async_q.get_nowait())
-            yield update
-            if update.done or update.error:
-                return
-
-    def iter_updates(self, timeout: float | None = None) -> Iterator[Update]:
-        while True:
-            update = self._sync_q.get(timeout=timeout)
-            yield update
-            if update.done or update.error:
-                return
 
 
 @dataclasses.dataclass(eq=False)
@@ -236,6 +146,40 @@ class Engine:
             thread, self._thread = self._thread, None
         if thread is not None:
             thread.join(timeout)
+
+    def precompile(self) -> int:
+        """Compiles prefill for every row bucket (at the shortest length bucket) and decode for
+        every slot bucket (at the shortest context bucket), so a crowd's first tokens do not wait
+        on the compiler; longer prompts and contexts still compile on first use. Before start();
+        the slots' contents do not change (prefill rows all name slot S; decode only writes
+        position 0 of idle slots, which a sequence writes before it reads). Returns the number
+        of programs."""
+        if self._thread is not None:
+            raise RuntimeError("precompile() before start()")
+        sizes, b = [], 1
+        while b < self.config.max_batch:
+            sizes.append(b)
+            b *= 2
+        sizes.append(self.config.max_batch)
+        p_len = _bucket(1, self.config.min_bucket, self.max_len)
+        for rows in sizes:
+            tokens = jnp.zeros((rows, p_len), jnp.int32)
+            nowhere = jnp.full(rows, self.config.max_batch, jnp.int32)
+            self._cache, _ = steps.prefill(
+                self.model, self.params, self._cache, tokens, tokens, nowhere, with_logprobs=False
+            )
+            zeros = jnp.zeros(rows, jnp.int32)
+            self._cache, next_tokens, _ = steps.decode(
+                self.model,
+                self.params,
+                self._cache,
+                *(zeros, zeros, zeros.astype(jnp.uint32), zeros, zeros),
+                *(jnp.zeros(rows, jnp.float32), zeros, jnp.ones(rows, jnp.float32)),
+                kv_len=p_len,
+                filtering=False,
+            )
+        jax.block_until_ready(next_tokens)
+        return 2 * len(sizes)
 
     def active_slots(self) -> int:
         return sum(s is not None for s in self._slots)

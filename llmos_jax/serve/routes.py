@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 from llmos_jax.serve import protocol as P
 from llmos_jax.serve.api import ApiError, _merged, _Server, _sse
 from llmos_jax.serve.chat_template import ChatTemplateError
-from llmos_jax.serve.engine import RequestHandle
+from llmos_jax.serve.requests import RequestHandle
 from llmos_jax.serve.text import decode
 
 DONE = "data: [DONE]\n\n"

@@ -58,7 +58,7 @@ def _logprobs(logits: jax.Array, targets: jax.Array):
 
 def _check_append(model) -> None:
     if not getattr(model, "append_kv", False):
-        raise ValueError("the serving steps need the model in append mode: model.clone(append_kv=True)")
+        raise ValueError("the serving steps need model.clone(append_kv=True) (see steps.py)")
 
 
 @functools.partial(jax.jit, static_argnames=("model", "with_logprobs"), donate_argnums=(2,))
