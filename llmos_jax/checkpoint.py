@@ -143,6 +143,10 @@ def step_size(workdir: str | os.PathLike, step: int) -> int:
     return sum(int(p.stat().length) for _, p in files)
 
 
+class CheckpointMismatch(ValueError):
+    """A checkpoint's tree differs from the state the config builds (the CLI prints it)."""
+
+
 @dataclasses.dataclass
 class Restored:
     step: int
@@ -253,7 +257,19 @@ class Checkpointer:
         args = ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
         )
-        restored = self.manager.restore(step, args=args)
+        try:
+            restored = self.manager.restore(step, args=args)
+        except ValueError as e:
+            if "tree structures do not match" not in str(e):
+                raise
+            # Orbax lists every differing subtree; the first few lines say which.
+            detail = "\n".join(line[:160] for line in str(e).splitlines()[1:4])
+            raise CheckpointMismatch(
+                f"the checkpoint at {self.directory}/{step} holds a different model or "
+                f"optimizer state than this config builds (e.g. another model.scan_layers, "
+                f"size or optimizer). Train into a fresh --workdir, or delete this one "
+                f"(`make clean` removes runs/demo). Orbax says:\n{detail}"
+            ) from e
         return restored["state"], dict(restored["data"])
 
     def restore_latest(self, abstract_state) -> Restored | None:

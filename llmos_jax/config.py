@@ -21,6 +21,7 @@ OBJECTIVES = ("clm",)
 DTYPES = ("float32", "bfloat16", "float16")
 DECAYS = ("cosine", "linear", "constant")
 REMAT = ("none", "full", "dots")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "causal_blocks")
 SOURCES = ("pydoc", "files", "tfds", "shapes")
 TOKENIZER_TYPES = ("bpe", "unigram")
 WANDB_MODES = ("offline", "online", "disabled")
@@ -87,6 +88,9 @@ def base_config() -> ml_collections.ConfigDict:
     m.remat = "none"  # none | full | dots (save matmul outputs, recompute the rest)
     m.scan_layers = True  # nn.scan over layers: compile time independent of depth.
     m.attention_impl = "auto"  # auto | xla | cudnn (jax.nn.dot_product_attention implementation)
+    # | causal_blocks (causal LM only). With matmul_impl = "dense2d": faster on CPU, same math
+    # (llmos_jax/models/cpu_kernels.py); einsum | dense2d.
+    m.matmul_impl = "einsum"
 
     d = c.data = ml_collections.ConfigDict()
     d.source = "pydoc"  # pydoc (Python's own docs, offline) | files | tfds
@@ -288,9 +292,20 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
         _check(m[f] in DTYPES, f"model.{f}", f"unknown dtype {m[f]!r}; known: {DTYPES}")
     _check(m.remat in REMAT, "model.remat", f"unknown remat policy {m.remat!r}; known: {REMAT}")
     _check(
-        m.attention_impl in ("auto", "xla", "cudnn"),
+        m.attention_impl in ATTENTION_IMPLS,
         "model.attention_impl",
-        f"unknown {m.attention_impl!r}; known: auto, xla, cudnn",
+        f"unknown {m.attention_impl!r}; known: {', '.join(ATTENTION_IMPLS)}",
+    )
+    _check(
+        m.attention_impl != "causal_blocks" or c.objective.name == "clm",
+        "model.attention_impl",
+        f"causal_blocks is exact for a causal mask only; objective {c.objective.name!r} masks "
+        "otherwise (use auto)",
+    )
+    _check(
+        m.matmul_impl in ("einsum", "dense2d"),
+        "model.matmul_impl",
+        f"unknown {m.matmul_impl!r}; known: einsum, dense2d",
     )
     _check(0.0 <= m.dropout_rate < 1.0, "model.dropout_rate", "must be in [0, 1)")
 

@@ -16,6 +16,7 @@ import subprocess
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from llmos_jax import checkpoint, provenance
@@ -77,6 +78,21 @@ def test_whole_state_round_trip_with_frozen_trees(tmp_path):
     ckpt.close()
     assert restored.step == 7 and restored.data == {"step": 7, "examples_seen": 56}
     _assert_same(restored.state, state)  # params, moments, step, rng key and frozen teacher
+
+
+def test_restoring_another_models_tree_is_a_clear_error(tmp_path):
+    """E.g. `make demo` after model.scan_layers changed: the error says what to do, and the
+    checkpoint is left as it was."""
+    _save(tmp_path, [5])
+    other = _state(5)
+    other.params["w_renamed"] = other.params.pop("w")
+    ckpt = checkpoint.Checkpointer(str(tmp_path))
+    try:
+        with pytest.raises(checkpoint.CheckpointMismatch, match=r"fresh --workdir"):
+            ckpt.restore_latest(_abstract(other))
+        assert ckpt.restore_latest(_abstract(_state(5))).step == 5
+    finally:
+        ckpt.close()
 
 
 def test_manifest_checksums_every_file(tmp_path):

@@ -27,6 +27,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
         ("data.source", "hub", 1, "data.source"),
         ("wandb.mode", "loud", 1, "wandb.mode"),
         ("sample.top_p", 0.0, 1, "sample.top_p"),
+        ("model.matmul_impl", "blas", 1, "model.matmul_impl"),
+        ("model.attention_impl", "flash", 1, "model.attention_impl"),
     ],
 )
 def test_validation_names_the_field(field, value, devices, expected):

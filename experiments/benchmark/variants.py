@@ -42,6 +42,15 @@ KNOBS = {
         ("model.scan_layers=False",),
         ("dense2d", "attn-einsum"),
     ),
+    # The library's CPU options (llmos_jax/models/cpu_kernels.py), what configs/clm/tiny.py sets.
+    "cpu options": (
+        (
+            "model.matmul_impl=dense2d",
+            "model.attention_impl=causal_blocks",
+            "model.scan_layers=False",
+        ),
+        (),
+    ),
 }
 
 

@@ -15,6 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from llmos_jax.models import cpu_kernels
+
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -43,7 +45,8 @@ class ModelConfig:
     param_dtype: str = "float32"
     remat: str = "none"
     scan_layers: bool = True
-    attention_impl: str = "auto"
+    attention_impl: str = "auto"  # auto | xla | cudnn | causal_blocks (see cpu_kernels)
+    matmul_impl: str = "einsum"  # einsum | dense2d (see cpu_kernels)
     causal: bool = True
 
     @classmethod
@@ -75,6 +78,7 @@ class Einsum(nn.Module):
     bias_axes: tuple[str, ...] | None = None
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    impl: str = "einsum"  # or "dense2d": one 2-D matmul (cpu_kernels.einsum_2d)
 
     @nn.compact
     def __call__(self, x):
@@ -84,7 +88,8 @@ class Einsum(nn.Module):
             self.shape,
             self.param_dtype,
         )
-        y = jnp.einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype))
+        einsum = cpu_kernels.einsum_2d if self.impl == "dense2d" else jnp.einsum
+        y = einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype))
         if self.bias_shape is not None:
             bias = self.param(
                 "bias",
@@ -207,7 +212,7 @@ class Attention(nn.Module):
     def __call__(self, x, positions, mask, cache=None, cache_index=None, deterministic=True):
         c = self.cfg
         d, n, k, h = c.d_model, c.n_heads, c.n_kv_heads, c.head_dim
-        kw = dict(dtype=c.compute_dtype, param_dtype=c.weight_dtype)
+        kw = dict(dtype=c.compute_dtype, param_dtype=c.weight_dtype, impl=c.matmul_impl)
         bias = c.use_bias
         q = Einsum(
             (d, n, h),
@@ -249,8 +254,10 @@ class Attention(nn.Module):
             cv = _write_cache(cv, v.astype(cv.dtype), cache_index)
             new_cache = (ck, cv)
             key, v = ck.astype(q.dtype), cv.astype(q.dtype)
-        if not (cache is not None and self.append_kv):
-            impl = None if c.attention_impl == "auto" else c.attention_impl
+        if cache is None and c.attention_impl == "causal_blocks" and c.causal:
+            out = cpu_kernels.causal_block_attention(q, key, v, mask)
+        elif not (cache is not None and self.append_kv):
+            impl = None if c.attention_impl in ("auto", "causal_blocks") else c.attention_impl
             # jax.nn.dot_product_attention broadcasts K kv heads over N query heads (GQA) and
             # picks the cuDNN flash kernel on GPU when the shapes allow it.
             out = jax.nn.dot_product_attention(q, key, v, mask=mask, implementation=impl)
@@ -276,7 +283,7 @@ class Mlp(nn.Module):
     @nn.compact
     def __call__(self, x, deterministic=True):
         c = self.cfg
-        kw = dict(dtype=c.compute_dtype, param_dtype=c.weight_dtype)
+        kw = dict(dtype=c.compute_dtype, param_dtype=c.weight_dtype, impl=c.matmul_impl)
         d, f = c.d_model, c.d_ff
         bias = dict(bias_shape=(f,), bias_axes=("mlp",)) if c.use_bias else {}
         out_bias = dict(bias_shape=(d,), bias_axes=("embed",)) if c.use_bias else {}

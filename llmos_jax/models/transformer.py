@@ -139,6 +139,7 @@ class Decoder(nn.Module):
                 "BTD,DV->BTV",
                 dtype=c.compute_dtype,
                 param_dtype=c.weight_dtype,
+                impl=c.matmul_impl,
                 name="lm_head",
             )(x)
         logits = nn.with_logical_constraint(
