@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import shlex
 import subprocess
@@ -23,116 +22,37 @@ from report import pct
 SCRIPT = Path(__file__).resolve().with_name("train_throughput.py")
 
 
-# In-process knob rows (--knobs): label -> (config overrides, in-script variants).
+# In-process knob rows (--knobs): label -> (config overrides, in-script variants). The
+# "dense2d-wgrad" and "attn-causal-blocks" rows began as in-script variants and are now the
+# library's CPU options (llmos_jax/models/cpu_kernels.py); their labels are kept so that the
+# commands recorded in docs/benchmarks.md still run.
+DENSE2D_WGRAD = ("model.matmul_impl=dense2d",)
+CAUSAL_BLOCKS = ("model.attention_impl=causal_blocks",)
+UNROLLED = ("model.scan_layers=False",)
 KNOBS = {
-    "scan_layers=False": (("model.scan_layers=False",), ()),
+    "scan_layers=False": (UNROLLED, ()),
     "remat=dots": (("model.remat=dots",), ()),
     "remat=full": (("model.remat=full",), ()),
     "attention_impl=xla": (("model.attention_impl=xla",), ()),
-    "variant dense2d": ((), ("dense2d",)),
+    "variant dense2d": (DENSE2D_WGRAD, ("dense2d",)),
     "variant attn-einsum": ((), ("attn-einsum",)),
-    "dense2d + scan_layers=False": (("model.scan_layers=False",), ("dense2d",)),
-    "dense2d-wgrad + scan_layers=False": (("model.scan_layers=False",), ("dense2d-wgrad",)),
-    "variant attn-causal-blocks": ((), ("attn-causal-blocks",)),
+    "dense2d + scan_layers=False": (UNROLLED + DENSE2D_WGRAD, ("dense2d",)),
+    "dense2d-wgrad + scan_layers=False": (UNROLLED + DENSE2D_WGRAD, ()),
+    "variant attn-causal-blocks": (CAUSAL_BLOCKS, ()),
     "dense2d-wgrad + attn-causal-blocks + scan_layers=False": (
-        ("model.scan_layers=False",),
-        ("dense2d-wgrad", "attn-causal-blocks"),
-    ),
-    "dense2d + attn-einsum + scan_layers=False": (
-        ("model.scan_layers=False",),
-        ("dense2d", "attn-einsum"),
-    ),
-    # The library's CPU options (llmos_jax/models/cpu_kernels.py), what configs/clm/tiny.py sets.
-    "cpu options": (
-        (
-            "model.matmul_impl=dense2d",
-            "model.attention_impl=causal_blocks",
-            "model.scan_layers=False",
-        ),
+        UNROLLED + DENSE2D_WGRAD + CAUSAL_BLOCKS,
         (),
     ),
+    "dense2d + attn-einsum + scan_layers=False": (
+        UNROLLED + DENSE2D_WGRAD,
+        ("dense2d", "attn-einsum"),
+    ),
+    "cpu options": (DENSE2D_WGRAD + CAUSAL_BLOCKS + UNROLLED, ()),
 }
 
 
 # --------------------------------------------------------------------------------------------
 # In-script variants of library code (--knobs, --variant).
-
-
-def _matmul_transposed_copy_wgrad():
-    """x @ w whose weight gradient multiplies an explicit, materialised copy of x^T.
-
-    XLA:CPU hands the autodiff weight gradient x^T @ dy to its matmul kernel as a dot that
-    contracts dimension 0 of x, which runs at about half the speed of a plain row-major matmul;
-    transposing x first (an optimization_barrier keeps XLA from folding the transpose back into
-    the dot) costs a fraction of that."""
-    import jax
-
-    @jax.custom_vjp
-    def matmul(x, w):
-        return x @ w
-
-    def fwd(x, w):
-        return x @ w, (x, w)
-
-    def bwd(res, g):
-        x, w = res
-        dx = g @ w.T  # a transposed right-hand side is fast already
-        dw = jax.lax.optimization_barrier(x.T) @ g
-        return dx.astype(x.dtype), dw.astype(w.dtype)
-
-    matmul.defvjp(fwd, bwd)
-    return matmul
-
-
-def _dense2d_class(fast_wgrad: bool = False):
-    """layers.Einsum computed as ONE 2-D matmul: [prod(batch), prod(contracted)] @
-    [prod(contracted), prod(out)], reshaped back. Same parameters (names, shapes, init) and the
-    same math as the einsum; XLA's CPU backend gets 2-D dots whose gradients need no transposes
-    of 3-D/4-D activations (the einsum's separate batch dims B, T force such copies)."""
-    import flax.linen as nn
-    import jax.numpy as jnp
-
-    from llmos_jax.models import layers
-
-    matmul = _matmul_transposed_copy_wgrad() if fast_wgrad else (lambda a, b: a @ b)
-
-    class Einsum2D(layers.Einsum):
-        @nn.compact
-        def __call__(self, x):
-            kernel = self.param(
-                "kernel",
-                nn.with_logical_partitioning(layers._init(self.std), self.axes),
-                self.shape,
-                self.param_dtype,
-            )
-            lhs, rest = self.equation.replace(" ", "").split(",")
-            rhs, out = rest.split("->")
-            contracted = [a for a in lhs if a in rhs and a not in out]
-            batch = [a for a in lhs if a not in contracted]
-            kept = [a for a in rhs if a not in contracted]
-            plain = (
-                lhs == "".join(batch + contracted)
-                and rhs == "".join(contracted + kept)
-                and out == "".join(batch + kept)
-            )
-            xd, kd = x.astype(self.dtype), kernel.astype(self.dtype)
-            if plain:
-                lead, kshape = x.shape[: len(batch)], kernel.shape[len(contracted) :]
-                y = matmul(xd.reshape(math.prod(lead), -1), kd.reshape(-1, math.prod(kshape)))
-                y = y.reshape(*lead, *kshape)
-            else:
-                y = jnp.einsum(self.equation, xd, kd)
-            if self.bias_shape is not None:
-                bias = self.param(
-                    "bias",
-                    nn.with_logical_partitioning(nn.initializers.zeros, self.bias_axes),
-                    self.bias_shape,
-                    self.param_dtype,
-                )
-                y = y + bias.astype(self.dtype)
-            return y
-
-    return Einsum2D
 
 
 def _einsum_attention(original):
@@ -185,38 +105,10 @@ def _einsum_attention(original):
     return attention
 
 
-def _causal_block_attention(original, blocks: int = 4):
-    """Causal self-attention (T == S, no cache) in `blocks` query blocks: block i attends only to
-    keys [0, (i+1)*T/blocks), so the upper-triangle blocks that a causal mask zeroes anyway are
-    never computed (10/16 of the work at 4 blocks). Each block is jax's own attention on a slice
-    of q, k, v and the mask; exact for any mask that is causal (plus segment restrictions).
-    In the library this would be chosen by the model (cfg.causal and no KV cache); here it
-    assumes every T == S call is causal, which holds for the decoder's training forward."""
-    import jax.numpy as jnp
-
-    def attention(query, key, value, bias=None, mask=None, **kwargs):
-        t, s = query.shape[1], key.shape[1]
-        if bias is not None or mask is None or t != s or t % blocks or t // blocks < 16:
-            return original(query, key, value, bias=bias, mask=mask, **kwargs)
-        bs = t // blocks
-        outs = []
-        for i in range(blocks):
-            q_i = query[:, i * bs : (i + 1) * bs]
-            end = (i + 1) * bs
-            m_i = mask[:, :, i * bs : (i + 1) * bs, :end]
-            outs.append(original(q_i, key[:, :end], value[:, :end], mask=m_i, **kwargs))
-        return jnp.concatenate(outs, axis=1)
-
-    return attention
-
-
 VARIANTS = {
-    "dense2d": "layers.Einsum as one 2-D matmul (batch and contracted dims flattened)",
-    "dense2d-wgrad": "dense2d, and its weight gradient multiplies a materialised copy of x^T "
-    "(custom_vjp + optimization_barrier)",
+    "dense2d": "with model.matmul_impl=dense2d (one 2-D matmul per layer): the plain autodiff "
+    "weight gradient instead of the row-major one (cpu_kernels._matmul swapped for `@`)",
     "attn-einsum": "attention as einsum + additive [B,1,T,S] mask bias + softmax + einsum",
-    "attn-causal-blocks": "causal attention in 4 query blocks, each against only the keys at or "
-    "before it (skips the masked upper-triangle blocks)",
 }
 
 
@@ -225,23 +117,20 @@ def variants_applied(names):
     """Monkeypatches the named variants in, and restores the library afterwards."""
     import jax
 
-    from llmos_jax.models import layers, transformer
+    from llmos_jax.models import cpu_kernels
 
-    saved = (layers.Einsum, transformer.Einsum, jax.nn.dot_product_attention)
+    saved = (jax.nn.dot_product_attention, cpu_kernels._matmul)
     try:
         for name in names:
-            if name in ("dense2d", "dense2d-wgrad"):
-                cls = _dense2d_class(fast_wgrad=name == "dense2d-wgrad")
-                layers.Einsum = transformer.Einsum = cls  # looked up by name at trace time
+            if name == "dense2d":  # einsum_2d looks _matmul up at trace time
+                cpu_kernels._matmul = lambda a, b: a @ b
             elif name == "attn-einsum":
-                jax.nn.dot_product_attention = _einsum_attention(saved[2])
-            elif name == "attn-causal-blocks":
-                jax.nn.dot_product_attention = _causal_block_attention(saved[2])
+                jax.nn.dot_product_attention = _einsum_attention(saved[0])
             else:
                 raise SystemExit(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
         yield
     finally:
-        layers.Einsum, transformer.Einsum, jax.nn.dot_product_attention = saved
+        jax.nn.dot_product_attention, cpu_kernels._matmul = saved
 
 
 # --------------------------------------------------------------------------------------------
