@@ -30,6 +30,8 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from llmos_jax.config import ConfigError
+
 CHECKPOINT_DIR = "checkpoints"
 MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = "llmos_jax checkpoint manifest v1"
@@ -143,8 +145,9 @@ def step_size(workdir: str | os.PathLike, step: int) -> int:
     return sum(int(p.stat().length) for _, p in files)
 
 
-class CheckpointMismatch(ValueError):
-    """A checkpoint's tree differs from the state the config builds (the CLI prints it)."""
+class CheckpointMismatch(ConfigError):
+    """A checkpoint's tree differs from the state the config builds: a config error, which the
+    CLI prints like any other."""
 
 
 @dataclasses.dataclass

@@ -263,13 +263,6 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except ValueError as e:
-        from llmos_jax.checkpoint import CheckpointMismatch
-
-        if not isinstance(e, CheckpointMismatch):
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
 
 
 if __name__ == "__main__":

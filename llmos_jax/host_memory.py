@@ -3,11 +3,12 @@
 XLA's CPU runtime allocates each executable's temporaries afresh on every call. With glibc's
 defaults, blocks that large are mmap'ed (or come from per-thread arenas that are trimmed), so
 every call page-faults its whole working set back in, and the kernel zeroes each page. Measured
-on a 2-core AMD EPYC (jax 0.10.2): one serving decode step of the tiny preset (16 slots, 256 cached
-positions) spent 42% of its time in the kernel (`exc_page_fault`, `clear_page_erms`) and took
-38 ms; with one arena, no mmap and a high trim threshold it takes 19 ms. (A training step of the
-cpu-ref benchmark, whose temporaries are reused within one long call, did not change: 1,236 vs
-1,247 ms, median of 12, `--no-malloc-tuning` in experiments/benchmark.) Setting the variables
+on a 2-core Intel Xeon with AVX-512 (jax 0.10.2): one serving decode step of the tiny preset
+(16 slots, 256 cached positions) spent 42% of its time in the kernel (`exc_page_fault`,
+`clear_page_erms`) and took 38 ms; with one arena, no mmap and a high trim threshold it takes
+19 ms. (A training step of the cpu-ref benchmark, whose temporaries are reused within one long
+call, did not change: 1,236 vs 1,247 ms, median of 12, `--no-malloc-tuning` in
+experiments/benchmark.) Setting the variables
 MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=... does the same from outside;
 `mallopt` does it from inside the process, and works after JAX has started.
 

@@ -4,7 +4,8 @@ import pathlib
 
 import pytest
 
-from llmos_jax.config import ConfigError, apply_override, load_config, mesh_shape, validate
+from llmos_jax.config import ConfigError, apply_override, load_config, mesh_shape
+from llmos_jax.config_checks import validate
 from tests.helpers import tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from llmos_jax.config import ConfigError, validate
+from llmos_jax.config import ConfigError
+from llmos_jax.config_checks import validate
 from llmos_jax.models import cpu_kernels
 from tests.helpers import tiny_config
 from tests.test_sharding import _run

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from llmos_jax import objectives
-from llmos_jax.config import ConfigError, load_config, validate
+from llmos_jax.config import ConfigError, load_config
+from llmos_jax.config_checks import validate
 from llmos_jax.mesh import axis_rules, batch_sharding, host_to_global, make_mesh, sharding_context
 from llmos_jax.models import attention_mask, build_model
 from llmos_jax.models.dual_encoder import segment_mean

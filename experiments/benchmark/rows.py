@@ -139,7 +139,8 @@ class OursRow(Row):
         import numpy as np
 
         from llmos_jax import objectives, perf
-        from llmos_jax.config import resolved_model, validate
+        from llmos_jax.config import resolved_model
+        from llmos_jax.config_checks import validate
         from llmos_jax.mesh import axis_rules, host_to_global, make_mesh
         from llmos_jax.models import build_model
         from llmos_jax.train.init import init_train_state

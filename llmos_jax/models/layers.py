@@ -193,6 +193,13 @@ def _attend_appended(q, k_new, v_new, cache, mask) -> jax.Array:
     return out.reshape(b, t, n, h)
 
 
+def _dot_product_attention(c: ModelConfig, q, k, v, mask) -> jax.Array:
+    """jax.nn.dot_product_attention with the configured implementation. It broadcasts K kv heads
+    over N query heads (GQA) and picks the cuDNN flash kernel on GPU when the shapes allow it."""
+    impl = None if c.attention_impl in ("auto", "causal_blocks") else c.attention_impl
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
+
+
 class Attention(nn.Module):
     """Multi-head / grouped-query attention, optionally reading and writing a KV cache.
 
@@ -249,18 +256,14 @@ class Attention(nn.Module):
             out = _attend_appended(q, key, v, cache, mask)
             new_cache = (key.astype(cache[0].dtype), v.astype(cache[1].dtype))
         elif cache is not None:
-            ck, cv = cache
-            ck = _write_cache(ck, key.astype(ck.dtype), cache_index)
-            cv = _write_cache(cv, v.astype(cv.dtype), cache_index)
+            ck = _write_cache(cache[0], key.astype(cache[0].dtype), cache_index)
+            cv = _write_cache(cache[1], v.astype(cache[1].dtype), cache_index)
             new_cache = (ck, cv)
-            key, v = ck.astype(q.dtype), cv.astype(q.dtype)
-        if cache is None and c.attention_impl == "causal_blocks" and c.causal:
+            out = _dot_product_attention(c, q, ck.astype(q.dtype), cv.astype(q.dtype), mask)
+        elif c.attention_impl == "causal_blocks" and c.causal:
             out = cpu_kernels.causal_block_attention(q, key, v, mask)
-        elif not (cache is not None and self.append_kv):
-            impl = None if c.attention_impl in ("auto", "causal_blocks") else c.attention_impl
-            # jax.nn.dot_product_attention broadcasts K kv heads over N query heads (GQA) and
-            # picks the cuDNN flash kernel on GPU when the shapes allow it.
-            out = jax.nn.dot_product_attention(q, key, v, mask=mask, implementation=impl)
+        else:
+            out = _dot_product_attention(c, q, key, v, mask)
         out = Einsum(
             (n, h, d),
             ("heads", "head_dim", "embed"),

@@ -25,7 +25,7 @@ import numpy as np
 
 from llmos_jax.models import init_cache
 from llmos_jax.serve import steps
-from llmos_jax.serve.requests import (  # noqa: F401  (re-exported: the engine's API)
+from llmos_jax.serve.requests import (
     Delta,
     QueueFull,
     RequestHandle,
@@ -156,11 +156,8 @@ class Engine:
         of programs."""
         if self._thread is not None:
             raise RuntimeError("precompile() before start()")
-        sizes, b = [], 1
-        while b < self.config.max_batch:
-            sizes.append(b)
-            b *= 2
-        sizes.append(self.config.max_batch)
+        top = self.config.max_batch
+        sizes = sorted({_bucket(n, 1, top) for n in range(1, top + 1)})
         p_len = _bucket(1, self.config.min_bucket, self.max_len)
         for rows in sizes:
             tokens = jnp.zeros((rows, p_len), jnp.int32)

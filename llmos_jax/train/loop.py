@@ -13,7 +13,8 @@ import jax
 import numpy as np
 
 from llmos_jax import checkpoint, objectives, perf, provenance
-from llmos_jax.config import resolved_model, validate
+from llmos_jax.config import resolved_model
+from llmos_jax.config_checks import validate
 from llmos_jax.mesh import axis_rules, host_to_global, make_mesh
 from llmos_jax.metrics import MetricsLogger
 from llmos_jax.models import build_model
