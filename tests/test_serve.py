@@ -270,7 +270,9 @@ def test_full_queue_answers_429_then_drains(served):
 
     async def go():
         client = H.asgi_client(app)
-        call = lambda: client.completions.create(model=H.MODEL, prompt="hi", max_tokens=1)
+        call = lambda: client.completions.create(
+            model=H.MODEL, prompt="hi", max_tokens=1, **GREEDY
+        )
         queued = [asyncio.create_task(call()) for _ in range(bound)]
         while engine.pending() < bound:
             await asyncio.sleep(0.01)
@@ -312,6 +314,9 @@ def test_uvicorn_on_loopback_streams_and_disconnects_free_slots(served):
             max_tokens=4,
             stream=True,
             stream_options={"include_usage": True},
+            # Greedy and past EOS: a sampled EOS would end the stream early (it did, in CI).
+            temperature=0.0,
+            extra_body={"ignore_eos": True},
         )
         chunks = list(stream)
         assert chunks[-1].usage.completion_tokens == 4
@@ -341,7 +346,7 @@ def test_uvicorn_on_loopback_streams_and_disconnects_free_slots(served):
             _wait_for(lambda: engine.pending() == 0)
         finally:
             engine.start()
-        after = client.completions.create(model=H.MODEL, prompt="hi", max_tokens=3)
+        after = client.completions.create(model=H.MODEL, prompt="hi", max_tokens=3, **GREEDY)
         assert after.usage.completion_tokens == 3
         assert engine.stats["tokens"] - tokens == 3
 
