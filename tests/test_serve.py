@@ -270,9 +270,7 @@ def test_full_queue_answers_429_then_drains(served):
 
     async def go():
         client = H.asgi_client(app)
-        call = lambda: client.completions.create(
-            model=H.MODEL, prompt="hi", max_tokens=1, **GREEDY
-        )
+        call = lambda: client.completions.create(model=H.MODEL, prompt="hi", max_tokens=1, **GREEDY)
         queued = [asyncio.create_task(call()) for _ in range(bound)]
         while engine.pending() < bound:
             await asyncio.sleep(0.01)
