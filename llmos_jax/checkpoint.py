@@ -260,20 +260,59 @@ class Checkpointer:
         args = ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
         )
+        restored = self._restore(step, args)
+        return restored["state"], dict(restored["data"])
+
+    def restore_params(self, abstract_params, step: int | None = None):
+        """(params, step): only the `params` subtree of the state at `step` (default: latest).
+
+        For eval, generation and serving: the optimizer moments (twice the params under AdamW)
+        and frozen trees are never read, so neither their time nor their memory is paid.
+        """
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint under {self.directory}")
+        # A partial restore fills a leaf the checkpoint lacks with garbage instead of failing,
+        # so the saved params' paths and shapes are compared first (from the metadata alone).
+        reader = ocp.PyTreeCheckpointer()
         try:
-            restored = self.manager.restore(step, args=args)
+            saved = reader.metadata(self.directory / str(step) / "state").item_metadata["params"]
+        finally:
+            reader.close()
+        want = _shapes(abstract_params)
+        have = _shapes(saved)
+        if want != have:
+            diff = sorted(set(want.items()) ^ set(have.items()))[:3]
+            raise CheckpointMismatch(
+                f"the checkpoint at {self.directory}/{step} holds other params than this config "
+                f"builds (e.g. another model.scan_layers or size). Train into a fresh --workdir. "
+                f"First differences (path, shape): {diff}"
+            )
+        item = {"params": abstract_params}
+        args = ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(
+                item=item,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+                partial_restore=True,
+            )
+        )
+        return self._restore(step, args)["state"]["params"], step
+
+    def _restore(self, step: int, args):
+        try:
+            return self.manager.restore(step, args=args)
         except ValueError as e:
-            if "tree structures do not match" not in str(e):
+            message = str(e)
+            if "tree structures do not match" not in message:
                 raise
             # Orbax lists every differing subtree; the first few lines say which.
-            detail = "\n".join(line[:160] for line in str(e).splitlines()[1:4])
+            detail = "\n".join(line[:160] for line in message.splitlines()[1:4])
             raise CheckpointMismatch(
                 f"the checkpoint at {self.directory}/{step} holds a different model or "
                 f"optimizer state than this config builds (e.g. another model.scan_layers, "
                 f"size or optimizer). Train into a fresh --workdir, or delete this one "
                 f"(`make clean` removes runs/demo). Orbax says:\n{detail}"
             ) from e
-        return restored["state"], dict(restored["data"])
 
     def restore_latest(self, abstract_state) -> Restored | None:
         """The newest complete checkpoint whose files match their manifest, or None.
@@ -311,14 +350,19 @@ class Checkpointer:
         self.manager.close()
 
 
-def restore_params(workdir: str, abstract_state):
-    """Only the params of the latest checkpoint (for eval / generate / serve)."""
+def _shapes(tree) -> dict[str, tuple[int, ...]]:
+    """{"/"-joined key path: shape} of a tree of arrays, abstract arrays or Orbax metadata."""
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(x.shape) for path, x in flat}
+
+
+def restore_params(workdir: str, abstract_params):
+    """(params, step) of the latest checkpoint, nothing else read (for eval / generate / serve)."""
     ckpt = Checkpointer(workdir, read_only=True, async_save=False)
     try:
-        state, data = ckpt.restore(abstract_state)
+        return ckpt.restore_params(abstract_params)
     finally:
         ckpt.close()
-    return state.params, int(data.get("step", 0))
 
 
 def _quiet_orbax() -> None:

@@ -58,6 +58,6 @@ def load_run(workdir: str, overrides: list[str] | None = None) -> LoadedRun:
     else:
         if not checkpoint.has_checkpoint(workdir):
             raise FileNotFoundError(f"{workdir} has no checkpoint yet")
-        params, step = checkpoint.restore_params(workdir, exp.abstract_state)
+        params, step = checkpoint.restore_params(workdir, exp.abstract_state.params)
     tokenizer = load_tokenizer(config.data.tokenizer.path or workdir)
     return LoadedRun(config, exp, params, tokenizer, step, workdir)

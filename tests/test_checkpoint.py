@@ -235,3 +235,18 @@ def test_sigterm_becomes_a_stop_at_the_next_step():
         os.kill(os.getpid(), signal.SIGTERM)
         assert guard.reached(2)
     assert signal.getsignal(signal.SIGTERM) is previous
+
+
+def test_restore_params_reads_only_the_params(tmp_path):
+    """What eval / generate / serve load: the params, placed by the abstract tree's shardings,
+    whatever the optimizer state looks like (it is never read); another params tree is the
+    same clear error as a whole-state restore."""
+    _save(tmp_path, [4, 6])
+    state = _state(6)
+    params, step = checkpoint.restore_params(str(tmp_path), _abstract(state.params))
+    assert step == 6
+    _assert_same(params, state.params)
+    other = dict(state.params)
+    other["w_renamed"] = other.pop("w")
+    with pytest.raises(checkpoint.CheckpointMismatch, match=r"fresh --workdir"):
+        checkpoint.restore_params(str(tmp_path), _abstract(other))
