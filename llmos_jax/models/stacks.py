@@ -1,8 +1,8 @@
-"""Pieces the encoder-decoder and the two-stream decoder share with the Decoder's layout.
+"""Pieces the Decoder, the encoder-decoder and the two-stream decoder share.
 
 Each helper is called from inside a module's `@nn.compact` method, so the submodules it creates
 ("embed", "pos_embed", "layers", "lm_head", ...) belong to that module and the parameter names
-match `transformer.Decoder` one to one: a two-stream model's weights are a decoder's weights.
+are the same in every model: a two-stream model's weights are a decoder's weights.
 """
 
 from __future__ import annotations
@@ -13,7 +13,11 @@ import flax.linen as nn
 import jax
 
 from llmos_jax.models.layers import Einsum, ModelConfig, sinusoidal
-from llmos_jax.models.transformer import REMAT_POLICIES
+
+REMAT_POLICIES = {
+    "full": None,  # recompute everything in the backward pass
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 
 def token_embedding(c: ModelConfig) -> nn.Embed:
@@ -96,6 +100,7 @@ def lm_logits(c: ModelConfig, embed: nn.Embed, x: jax.Array) -> jax.Array:
             "BTD,DV->BTV",
             dtype=c.compute_dtype,
             param_dtype=c.weight_dtype,
+            impl=c.matmul_impl,
             name="lm_head",
         )(x)
     return nn.with_logical_constraint(

@@ -10,12 +10,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from llmos_jax.models.layers import Block, Einsum, ModelConfig, Norm, sinusoidal
-
-REMAT_POLICIES = {
-    "full": None,  # recompute everything in the backward pass
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
+from llmos_jax.models.layers import Block, ModelConfig, Norm
+from llmos_jax.models.stacks import (
+    REMAT_POLICIES,
+    embed_inputs,
+    lm_logits,
+    position_embedding,
+    token_embedding,
+)
 
 
 def attention_mask(segment_ids: jax.Array, causal: bool = True) -> jax.Array:
@@ -71,31 +73,8 @@ class Decoder(nn.Module):
     @nn.compact
     def __call__(self, tokens, positions, mask, cache=None, cache_index=None, return_hidden=False):
         c = self.cfg
-        embed = nn.Embed(
-            c.vocab_size,
-            c.d_model,
-            embedding_init=nn.with_logical_partitioning(
-                nn.initializers.normal(0.02), ("vocab", "embed")
-            ),
-            dtype=c.compute_dtype,
-            param_dtype=c.weight_dtype,
-            name="embed",
-        )
-        x = embed(tokens)
-        if c.position == "learned":
-            x = x + nn.Embed(
-                c.max_len,
-                c.d_model,
-                embedding_init=nn.with_logical_partitioning(
-                    nn.initializers.normal(0.01), ("length", "embed")
-                ),
-                dtype=c.compute_dtype,
-                param_dtype=c.weight_dtype,
-                name="pos_embed",
-            )(positions)
-        elif c.position == "sinusoidal":
-            x = x + sinusoidal(positions, c.d_model).astype(x.dtype)
-        x = nn.Dropout(c.dropout_rate)(x, deterministic=self.deterministic)
+        embed = token_embedding(c)
+        x = embed_inputs(c, embed, position_embedding(c), tokens, positions, self.deterministic)
 
         block = self._block_stack()
         if c.scan_layers:
@@ -130,21 +109,7 @@ class Decoder(nn.Module):
         )
         if return_hidden:
             return x, new_cache
-        if c.tie_embeddings:
-            logits = embed.attend(x)
-        else:
-            logits = Einsum(
-                (c.d_model, c.vocab_size),
-                ("embed", "vocab"),
-                "BTD,DV->BTV",
-                dtype=c.compute_dtype,
-                param_dtype=c.weight_dtype,
-                impl=c.matmul_impl,
-                name="lm_head",
-            )(x)
-        logits = nn.with_logical_constraint(
-            logits, ("activation_batch", "activation_length", "activation_vocab")
-        )
+        logits = lm_logits(c, embed, x)
         return logits, new_cache
 
 

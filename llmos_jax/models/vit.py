@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from llmos_jax.models.layers import Block, Einsum, ModelConfig, Norm
-from llmos_jax.models.transformer import REMAT_POLICIES
+from llmos_jax.models.stacks import REMAT_POLICIES
 
 
 @dataclasses.dataclass(frozen=True)
