@@ -125,7 +125,7 @@ def _train_config(args, overrides: list[str]):
 def _sample(run, prompts, args) -> list[str]:
     import jax
 
-    from llmos_jax.sampling import SampleOptions, generate
+    from llmos_jax.sampling import SampleOptions, generate, generation_mode
 
     s = run.config.sample
     opts = SampleOptions(
@@ -143,6 +143,7 @@ def _sample(run, prompts, args) -> list[str]:
         eos_id=tok.eos_id,
         rng=jax.random.PRNGKey(args.seed),
         options=opts,
+        bidirectional_prompt=generation_mode(run.config),
     )
     return [tok.decode(o) for o in outs]
 
@@ -207,9 +208,13 @@ def main(argv: list[str] | None = None) -> int:
                 print({k: round(v, 4) for k, v in final.items() if k.startswith("eval/")})
                 return 0
             from llmos_jax.runs import load_run
+            from llmos_jax.sampling import can_generate
 
             run = load_run(args.workdir)
             _print_eval(_eval_run(run))
+            if not can_generate(run.config):
+                print(f"\nRun directory: {args.workdir} (no samples: the model does not generate)")
+                return 0
             args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed = (
                 48,
                 0.7,

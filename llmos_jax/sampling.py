@@ -60,6 +60,31 @@ def sample_logits(logits, rng, temperature, top_k, top_p):
     return jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
 
 
+# Objectives whose model can continue a prompt token by token: the value says whether the prompt
+# is read bidirectionally (a prefix LM's prefix) rather than causally.
+GENERATIVE_OBJECTIVES = {"clm": False, "prefix_lm": True}
+
+
+def can_generate(config) -> bool:
+    return config.objective.name in GENERATIVE_OBJECTIVES and config.model.arch == "decoder"
+
+
+def generation_mode(config, command: str = "generate") -> bool:
+    """Whether `config`'s model reads a prompt bidirectionally; a ConfigError naming the
+    objective when the model cannot generate at all (a bidirectional encoder such as MLM's, the
+    encoder-decoder of span corruption, XLNet's two streams, contrastive encoders)."""
+    from llmos_jax.config import ConfigError
+
+    name = config.objective.name
+    if not can_generate(config):
+        raise ConfigError(
+            f"objective.name={name!r} (model.arch={config.model.arch!r}): `llmos {command}` "
+            f"continues text with a decoder trained on one of "
+            f"{sorted(GENERATIVE_OBJECTIVES)}; this run's model does not generate text"
+        )
+    return GENERATIVE_OBJECTIVES[name]
+
+
 def left_pad(prompts: list[list[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Token lists -> (tokens [B, P], valid [B, P]) right-aligned."""
     if any(len(p) == 0 for p in prompts):
@@ -73,7 +98,10 @@ def left_pad(prompts: list[list[int]], pad_id: int = 0) -> tuple[np.ndarray, np.
     return tokens, valid
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "return_logits"))
+@functools.partial(
+    jax.jit,
+    static_argnames=("model", "max_new_tokens", "return_logits", "bidirectional_prompt"),
+)
 def _generate(
     model,
     params,
@@ -87,15 +115,18 @@ def _generate(
     *,
     max_new_tokens: int,
     return_logits: bool = False,
+    bidirectional_prompt: bool = False,
 ):
     b, p_len = tokens.shape
     s = p_len + max_new_tokens
     cache = init_cache(model.cfg, b, s)
     kv_valid = jnp.concatenate([valid, jnp.ones((b, max_new_tokens), bool)], axis=1)
     positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0).astype(jnp.int32)
-    logits, cache = model.apply(
-        {"params": params}, tokens, positions, cache_mask(kv_valid, 0, p_len), cache, 0
-    )
+    if bidirectional_prompt:  # each prompt position sees every valid prompt token
+        prompt_mask = jnp.broadcast_to(cache_mask(kv_valid, p_len - 1, 1), (b, 1, p_len, s))
+    else:
+        prompt_mask = cache_mask(kv_valid, 0, p_len)
+    logits, cache = model.apply({"params": params}, tokens, positions, prompt_mask, cache, 0)
     lengths = jnp.sum(valid, axis=1).astype(jnp.int32)
     out = jnp.zeros((b, max_new_tokens), jnp.int32)
     step_logits = jnp.zeros(
@@ -142,12 +173,14 @@ def generate(
     options: SampleOptions | list[SampleOptions] = SampleOptions(),
     pad_id: int = 0,
     return_logits: bool = False,
+    bidirectional_prompt: bool = False,
 ):
     """Samples continuations of a batch of prompts (token-id lists).
 
     Returns a list of generated id lists, each cut before the first EOS; with return_logits, also
     the [B, steps, V] logits each sampled token was drawn from (the test of the cache compares them
-    with a full forward pass).
+    with a full forward pass). `bidirectional_prompt`: every prompt token sees the whole prompt,
+    as a prefix LM reads its prefix (see `generation_mode`); the new tokens stay causal.
     """
     opts = options if isinstance(options, list) else [options] * len(prompts)
     max_new = max(o.max_new_tokens for o in opts)
@@ -171,6 +204,7 @@ def generate(
         jnp.int32(eos_id),
         max_new_tokens=max_new,
         return_logits=return_logits,
+        bidirectional_prompt=bidirectional_prompt,
     )
     out = np.asarray(out)[:, : int(steps)]
     results = []

@@ -5,8 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from llmos_jax.config import ConfigError, load_config
 from llmos_jax.models import attention_mask, build_model
-from llmos_jax.sampling import SampleOptions, generate, sample_logits
+from llmos_jax.objectives.prefix_lm import prefix_lm_mask
+from llmos_jax.sampling import SampleOptions, generate, generation_mode, sample_logits
 from tests.helpers import init_params, tiny_config
 
 
@@ -76,6 +78,48 @@ def test_greedy_equals_argmax_of_full_forward_and_stops_at_eos():
         options=SampleOptions(max_new_tokens=6, temperature=0.0),
     )
     assert cut == ref[: ref.index(eos)]
+
+
+@pytest.mark.quick_compile
+def test_prefix_lm_generation_reads_the_prompt_bidirectionally():
+    """A prefix LM's prompt is its prefix: every prompt token sees the whole prompt, the new
+    tokens see what came before them. Each sampled token's logits equal a full forward pass
+    under the prefix-LM training mask (objectives/prefix_lm.py) with the prompt as the prefix;
+    prompts of different lengths (left padding) in one batch."""
+    c = tiny_config("llama")
+    model = build_model(c)
+    params = jax.tree.map(lambda x: x * 8 if x.ndim > 1 else x, init_params(model, seed=4))
+    prompts = [[5, 6, 7, 8, 9, 10], [12, 13, 14]]
+    kw = dict(eos_id=3, rng=jax.random.PRNGKey(2), return_logits=True)
+    opts = SampleOptions(max_new_tokens=5, temperature=1.0)
+    outs, step_logits = generate(
+        model, params, prompts, options=opts, **kw, bidirectional_prompt=True
+    )
+
+    @jax.jit
+    def forward(x, is_prefix):
+        mask = prefix_lm_mask(jnp.ones_like(x), is_prefix)
+        return model.apply({"params": params}, x, jnp.arange(x.shape[1])[None], mask)[0]
+
+    for i, (prompt, out) in enumerate(zip(prompts, outs)):
+        seq = jnp.asarray(prompt + out)[None]
+        ref = forward(seq, jnp.arange(seq.shape[1])[None] < len(prompt))
+        ref = np.asarray(ref[0, len(prompt) - 1 : len(prompt) - 1 + len(out)])
+        np.testing.assert_allclose(step_logits[i, : len(out)], ref, rtol=1e-4, atol=1e-4 * 8)
+    # The same prompts read causally give other first-step logits: the mode matters.
+    _, causal_logits = generate(model, params, prompts, options=opts, **kw)
+    assert np.abs(np.asarray(causal_logits[:, 0]) - np.asarray(step_logits[:, 0])).max() > 1e-2
+
+
+def test_only_decoders_of_generative_objectives_generate():
+    """`llmos generate` reads a clm prompt causally and a prefix LM's bidirectionally; runs of
+    the other objectives are a config error naming the objective (not garbage samples)."""
+    assert generation_mode(load_config("configs/clm/tiny.py")) is False
+    assert generation_mode(load_config("configs/prefix_lm/tiny.py")) is True
+    for objective in ("mlm", "span", "plm", "simcse", "clip"):
+        config = load_config(f"configs/{objective}/tiny.py")
+        with pytest.raises(ConfigError, match=f"objective.name='{config.objective.name}'"):
+            generation_mode(config)
 
 
 def _empirical(logits, n, **kw):

@@ -272,3 +272,14 @@ def test_updates_that_pile_up_arrive_merged():
     assert (a.index, a.text, a.token_ids, a.finish_reason) == (0, "ab", [5, 6], "length")
     assert a.logprobs == [(5, -1.0, []), (6, -2.0, [])]
     assert (b.index, b.text, b.token_ids, b.finish_reason) == (1, "xy", [7, 8], "stop")
+
+
+@pytest.mark.parametrize("objective,needle", [("prefix_lm", "llmos generate"), ("mlm", "mlm")])
+def test_serve_refuses_models_it_cannot_decode(gpt2, capsys, objective, needle):
+    """A prefix LM reads its prompt bidirectionally (the engine reads causally) and an MLM
+    encoder does not generate: a config error before any server starts."""
+    path = gpt2[0]
+    args = ["serve", "--workdir", str(path), f"--config.objective.name={objective}"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("config error: objective.name=") and needle in err

@@ -56,10 +56,18 @@ def build(args, overrides: list[str]):
     """(engine, chat template, run) for a run or Hugging Face directory."""
     from etils import epath
 
+    from llmos_jax.config import ConfigError
     from llmos_jax.runs import load_run
+    from llmos_jax.sampling import generation_mode
     from llmos_jax.serve import ChatTemplate, Engine, EngineConfig
 
     run = load_run(args.workdir, overrides)
+    if generation_mode(run.config, args.command):
+        raise ConfigError(
+            f"objective.name={run.config.objective.name!r}: the serving engine reads prompts "
+            f"causally, a prefix LM reads its prompt bidirectionally; sample from this run "
+            f"with `llmos generate` instead"
+        )
     config = EngineConfig(
         max_batch=args.max_batch,
         max_len=args.max_len,
