@@ -29,8 +29,9 @@ def served(tmp_path_factory):
     hf_model, hf_tok = H.save_gpt2_dir(path)
     engine, template = H.build_engine(path)
     # What `llmos serve` does first; every test below then also checks it leaves the slots as
-    # they were. Slot buckets 1, 2, 4: a prefill and a decode program each.
-    assert engine.precompile() == 6
+    # they were. Slot buckets 1, 2, 4: prefill programs for prompts padded to 16, 32 and 64
+    # tokens (up to the shortest decode context, 64) and a decode program each.
+    assert engine.precompile() == 12
     engine.start()
     yield create_app(engine, template, H.MODEL), engine, template, hf_model, hf_tok
     engine.stop()

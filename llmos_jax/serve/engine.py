@@ -43,7 +43,10 @@ class EngineConfig:
     max_len: int = 0  # M: tokens per slot (prompt + completion); 0 = the model's max_len
     max_queue: int = 256  # requests waiting for a slot; beyond it submit raises QueueFull
     max_n: int = 0  # choices per request (each takes a slot); 0 = max_batch
-    min_bucket: int = 64  # smallest padded prompt / attention length (bounds recompiles)
+    min_bucket: int = 64  # smallest attention length of a decode step (bounds recompiles)
+    # Smallest padded prompt. Prefill work grows with the padded length (a 31-token prompt padded
+    # to 64 costs twice one padded to 32), so its buckets start lower than decode's.
+    min_prefill_bucket: int = 16
     max_prefill_tokens: int = 1024  # prompt tokens admitted between two decode steps (>= 1 req)
 
 
@@ -148,23 +151,31 @@ class Engine:
             thread.join(timeout)
 
     def precompile(self) -> int:
-        """Compiles prefill for every row bucket (at the shortest length bucket) and decode for
-        every slot bucket (at the shortest context bucket), so a crowd's first tokens do not wait
-        on the compiler; longer prompts and contexts still compile on first use. Before start();
-        the slots' contents do not change (prefill rows all name slot S; decode only writes
-        position 0 of idle slots, which a sequence writes before it reads). Returns the number
-        of programs."""
+        """Compiles prefill for every row bucket and every prompt bucket up to the shortest
+        decode context, and decode for every slot bucket at that context, so a crowd's first
+        tokens do not wait on the compiler; longer prompts and contexts still compile on first
+        use. Before start(); the slots' contents do not change (prefill rows all name slot S;
+        decode only writes position 0 of idle slots, which a sequence writes before it reads).
+        Returns the number of programs."""
         if self._thread is not None:
             raise RuntimeError("precompile() before start()")
         top = self.config.max_batch
         sizes = sorted({_bucket(n, 1, top) for n in range(1, top + 1)})
-        p_len = _bucket(1, self.config.min_bucket, self.max_len)
+        kv_len = _bucket(1, self.config.min_bucket, self.max_len)
+        p_lens = sorted({self._prompt_bucket(n) for n in range(1, kv_len + 1)})
         for rows in sizes:
-            tokens = jnp.zeros((rows, p_len), jnp.int32)
             nowhere = jnp.full(rows, self.config.max_batch, jnp.int32)
-            self._cache, _ = steps.prefill(
-                self.model, self.params, self._cache, tokens, tokens, nowhere, with_logprobs=False
-            )
+            for p_len in p_lens:
+                tokens = jnp.zeros((rows, p_len), jnp.int32)
+                self._cache, _ = steps.prefill(
+                    self.model,
+                    self.params,
+                    self._cache,
+                    tokens,
+                    tokens,
+                    nowhere,
+                    with_logprobs=False,
+                )
             zeros = jnp.zeros(rows, jnp.int32)
             self._cache, next_tokens, _ = steps.decode(
                 self.model,
@@ -172,11 +183,14 @@ class Engine:
                 self._cache,
                 *(zeros, zeros, zeros.astype(jnp.uint32), zeros, zeros),
                 *(jnp.zeros(rows, jnp.float32), zeros, jnp.ones(rows, jnp.float32)),
-                kv_len=p_len,
+                kv_len=kv_len,
                 filtering=False,
             )
         jax.block_until_ready(next_tokens)
-        return 2 * len(sizes)
+        return len(sizes) * (len(p_lens) + 1)
+
+    def _prompt_bucket(self, n: int) -> int:
+        return _bucket(n, min(self.config.min_prefill_bucket, self.max_len), self.max_len)
 
     def active_slots(self) -> int:
         return sum(s is not None for s in self._slots)
@@ -261,7 +275,7 @@ class Engine:
         info = None
         if todo:
             rows = _bucket(len(todo), 1, self.config.max_batch)
-            p_len = _bucket(max(q.length for q in todo), self.config.min_bucket, self.max_len)
+            p_len = self._prompt_bucket(max(q.length for q in todo))
             tokens = np.zeros((rows, p_len), np.int32)
             targets = np.zeros((rows, p_len), np.int32)
             slots = np.full(rows, self.config.max_batch, np.int32)  # out of range: dropped
