@@ -87,9 +87,9 @@ def make_train_step(
         out.update(
             {
                 "train/loss": loss,
-                "train/grad_norm": optax.global_norm(grads),
-                "train/update_norm": optax.global_norm(updates),
-                "train/param_norm": optax.global_norm(params),
+                "train/grad_norm": optax.tree.norm(grads),
+                "train/update_norm": optax.tree.norm(updates),
+                "train/param_norm": optax.tree.norm(params),
                 "train/lr": schedule(state.step),
                 "train/nonfinite_streak": _nonfinite_streak(opt_state),
             }
