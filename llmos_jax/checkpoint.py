@@ -184,7 +184,10 @@ class Checkpointer:
         self._provenance: dict[str, Any] | None = None
         if read_only:
             options = ocp.CheckpointManagerOptions(
-                read_only=True, create=False, enable_async_checkpointing=False
+                read_only=True,
+                create=False,
+                enable_async_checkpointing=False,
+                save_interval_steps=0,
             )
         else:
             keepers = [ocp.checkpoint_managers.LatestN(int(keep))]
@@ -274,9 +277,9 @@ class Checkpointer:
             raise FileNotFoundError(f"no checkpoint under {self.directory}")
         # A partial restore fills a leaf the checkpoint lacks with garbage instead of failing,
         # so the saved params' paths and shapes are compared first (from the metadata alone).
-        reader = ocp.PyTreeCheckpointer()
+        reader = ocp.PyTreeCheckpointHandler()
         try:
-            saved = reader.metadata(self.directory / str(step) / "state").item_metadata["params"]
+            saved = reader.metadata(self.directory / str(step) / "state")["params"]
         finally:
             reader.close()
         want = _shapes(abstract_params)
@@ -369,7 +372,10 @@ def _quiet_orbax() -> None:
     """Orbax logs every save at INFO through absl; keep the progress bar readable."""
     if os.environ.get("LLMOS_VERBOSE_ORBAX"):
         return
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    absl = logging.getLogger("absl")
+    absl.setLevel(logging.WARNING)
+    # A read-only manager (eval, generate, serve) warns that it is read-only on every open.
+    absl.addFilter(lambda record: "is read only" not in str(record.msg))
     jax.config.update("jax_log_compiles", False)
 
 
